@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="thumblab-dagster",
+    version="0.1.0",
+    description="Dagster code location that turns media collections into versioned, checked FAISS indices.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(exclude=["thumblab_dagster_tests", "benchmarks"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "dagster>=1.13,<1.14",
+        "dagster-webserver>=1.13,<1.14",
+        "faiss-cpu>=1.8",
+        "numpy>=1.26",
+        "open-clip-torch>=2.24",
+        "torch>=2.2",
+        "torchvision>=0.17",
+        "pandas>=2.1",
+        "pyarrow>=15",
+        "pillow>=10.1",
+        "requests>=2.31",
+        "urllib3>=2",
+        "huggingface-hub>=0.20",
+        "matplotlib>=3.8",
+        "click>=8.1",
+        "pydantic>=2.5",
+        "supabase>=2.4",
+        "rasterio>=1.3",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["thumblab=thumblab_dagster.cli:main"]},
+)

@@ -1,0 +1,61 @@
+"""Asset checks. Names are constants so schedules, tests and the UI agree on them."""
+
+
+import dagster as dg
+
+from thumblab_dagster.assets.thumbnails import niche_index, thumbnail_embeddings, trending_videos
+from thumblab_dagster.lib import thumbnail_pipeline as pipeline
+from thumblab_dagster.lib.trending import read_trending
+from thumblab_dagster.partitions import date_and_niche, thumbnail_partitions
+from thumblab_dagster.resources import StorageResource
+
+ID_MAP_ALIGNMENT = "id_map_alignment"
+EMBEDDINGS_VALID = "embeddings_valid"
+EMBEDDING_WEIGHTS_PRETRAINED = "embedding_weights_pretrained"
+TRENDING_NOT_EMPTY = "trending_not_empty"
+
+
+@dg.asset_check(asset=niche_index, name=ID_MAP_ALIGNMENT, blocking=True, partitions_def=thumbnail_partitions)
+def id_map_alignment(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
+    """Every index row maps to the right video id; a failure keeps the index from being published."""
+    date, niche = date_and_niche(context.partition_key)
+    report = pipeline.check_niche_index(storage.layout, niche, date)
+    for problem in report.problems:
+        context.log.error(problem)
+    return dg.AssetCheckResult(passed=report.passed, metadata={
+        **report.metrics, "problems": "\n".join(report.problems) or "none"})
+
+
+@dg.asset_check(asset=thumbnail_embeddings, name=EMBEDDINGS_VALID, blocking=True,
+                partitions_def=thumbnail_partitions)
+def embeddings_valid(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
+    """Finite values, unit norm (within 1e-3), one dimension throughout, no duplicate video ids."""
+    date, niche = date_and_niche(context.partition_key)
+    validity = pipeline.validate_embeddings(storage.layout, niche, date)
+    return dg.AssetCheckResult(passed=not validity.problems, metadata={
+        "rows": validity.rows, "dim": validity.dim, "problems": "\n".join(validity.problems) or "none"})
+
+
+@dg.asset_check(asset=thumbnail_embeddings, name=EMBEDDING_WEIGHTS_PRETRAINED,
+                partitions_def=thumbnail_partitions)
+def embedding_weights_pretrained(context: dg.AssetCheckExecutionContext,
+                                 storage: StorageResource) -> dg.AssetCheckResult:
+    """Warns when the embeddings were made with random-initialised weights."""
+    date, niche = date_and_niche(context.partition_key)
+    info = pipeline.embedding_weights(storage.layout, niche, date)
+    return dg.AssetCheckResult(
+        passed=bool(info.get("loaded")), severity=dg.AssetCheckSeverity.WARN,
+        description=None if info.get("loaded") else "embeddings come from RANDOM-INITIALISED weights",
+        metadata={"model": info.get("model"), "pretrained": info.get("pretrained"),
+                  "source": info.get("source"), "note": info.get("note") or "none"})
+
+
+@dg.asset_check(asset=trending_videos, name=TRENDING_NOT_EMPTY, partitions_def=thumbnail_partitions)
+def trending_not_empty(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
+    """Warns when the chart returned no videos for the partition."""
+    date, niche = date_and_niche(context.partition_key)
+    rows = len(read_trending(storage.layout.trending(niche, date)))
+    return dg.AssetCheckResult(passed=rows > 0, severity=dg.AssetCheckSeverity.WARN, metadata={"rows": rows})
+
+
+thumbnail_checks = [id_map_alignment, embeddings_valid, embedding_weights_pretrained, trending_not_empty]

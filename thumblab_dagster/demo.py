@@ -1,0 +1,95 @@
+"""``thumblab demo``: run today's daily_refresh for every niche and print what happened."""
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from thumblab_dagster.lib.niches import NICHES
+from thumblab_dagster.partitions import TIMEZONE
+
+
+def today_in_hobart() -> str:
+    return datetime.now(ZoneInfo(TIMEZONE)).date().isoformat()
+
+
+@dataclass
+class NicheSummary:
+    niche: str
+    success: bool
+    source: str = "-"
+    videos: int | None = None
+    embedded: int | None = None
+    skipped: int | None = None
+    indexed: int | None = None
+    published: bool | None = None
+    checks: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def _value(metadata: dict, key: str):
+    entry = metadata.get(key)
+    return getattr(entry, "value", entry)
+
+
+def summarise(niche: str, result) -> NicheSummary:
+    summary = NicheSummary(niche, result.success)
+    for event in result.get_asset_materialization_events():
+        key = event.asset_key.to_user_string()
+        meta = event.materialization.metadata
+        if key == "trending_videos":
+            summary.source, summary.videos = _value(meta, "source"), _value(meta, "row_count")
+        elif key == "thumbnail_embeddings":
+            summary.embedded, summary.skipped = _value(meta, "embedded"), _value(meta, "skipped")
+        elif key == "niche_index":
+            summary.indexed = _value(meta, "ntotal")
+        elif key == "published_index":
+            summary.published = _value(meta, "published")
+    for evaluation in result.get_asset_check_evaluations():
+        state = "pass" if evaluation.passed else ("WARN" if evaluation.severity == dg.AssetCheckSeverity.WARN else "FAIL")
+        summary.checks[evaluation.check_name] = state
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        if failures:
+            error = failures[0].step_failure_data.error
+            summary.error = f"{failures[0].step_key}: {error.message.strip().splitlines()[0] if error else 'failed'}"
+    return summary
+
+
+def format_table(date: str, summaries: list[NicheSummary]) -> str:
+    def show(v):
+        return "-" if v is None else ("yes" if v is True else "no" if v is False else str(v))
+
+    head = ["niche", "ok", "source", "videos", "embedded", "skipped", "indexed", "published", "checks"]
+    rows = []
+    for s in summaries:
+        checks = ", ".join(f"{k}={v}" for k, v in sorted(s.checks.items())) or "-"
+        rows.append([s.niche, "yes" if s.success else "NO", s.source, show(s.videos), show(s.embedded),
+                     show(s.skipped), show(s.indexed), show(s.published), checks])
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = [f"daily_refresh for {date} (Australia/Hobart)", ""]
+    for r in [head, ["-" * w for w in widths], *rows]:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    errors = [f"  {s.niche}: {s.error}" for s in summaries if s.error]
+    if errors:
+        lines += ["", "failures:", *errors]
+    return "\n".join(lines)
+
+
+def run_demo(date: str | None = None, niches=NICHES) -> tuple[str, list[NicheSummary]]:
+    os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    from thumblab_dagster.definitions import defs
+
+    date = date or today_in_hobart()
+    job = defs.resolve_job_def("daily_refresh")
+    summaries = []
+    with dg.DagsterInstance.get() as instance:
+        for niche in niches:
+            result = job.execute_in_process(partition_key=f"{date}|{niche}", instance=instance,
+                                            raise_on_error=False, tags={"thumblab/origin": "make demo"})
+            summaries.append(summarise(niche, result))
+    return format_table(date, summaries), summaries

@@ -1,0 +1,35 @@
+"""Where every file lives under the data root (see DESIGN.md, "Data flow and files")."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+    publish_root: Path | None = None
+
+    @classmethod
+    def at(cls, root: str | os.PathLike, publish_root: str | os.PathLike | None = None):
+        return cls(Path(root).expanduser().absolute(),
+                   Path(publish_root).expanduser().absolute() if publish_root else None)
+
+    def trending(self, niche: str, date: str) -> Path:
+        return self.root / "trending" / niche / f"{date}.parquet"
+
+    def embeddings(self, niche: str, date: str) -> Path:
+        return self.root / "embeddings" / niche / f"{date}.parquet"
+
+    def index_dir(self, niche: str, date: str) -> Path:
+        return self.root / "indexes" / niche / date
+
+    def stats(self, niche: str, date: str) -> Path:
+        return self.root / "stats" / niche / f"{date}.json"
+
+    @property
+    def published(self) -> Path:
+        """The directory the scoring service loads: ``<niche>.index`` + ``<niche>_ids.npy``."""
+        return self.publish_root or (self.root / "faiss_indices")

@@ -1,0 +1,302 @@
+"""The one index writer and reader: build, save with a manifest, verify, load, publish, align.
+
+An index directory holds ``index.faiss``, ``ids.npy`` (row i of the index <-> ids[i]),
+``metadata.parquet`` (the rows' metadata, same order) and ``manifest.json`` with the sha256 of
+every other file. Readers verify the manifest before ``faiss.read_index`` and load ids with
+``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from thumblab_dagster.lib.files import atomic_dir, sha256_file, write_json_atomic
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.npy"
+METADATA_FILE = "metadata.parquet"
+MANIFEST_FILE = "manifest.json"
+METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+class IndexIntegrityError(RuntimeError):
+    """An index directory or published copy does not match its manifest."""
+
+
+def as_float32(vectors: np.ndarray) -> np.ndarray:
+    """faiss wants float32, C-contiguous, two-dimensional."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
+    return vectors
+
+
+def build_index(vectors: np.ndarray, factory: str = "Flat", metric: str = "inner_product") -> faiss.Index:
+    """Build an index over ``vectors`` (already L2-normalised for cosine). Row order is kept."""
+    vectors = as_float32(vectors)
+    index = faiss.index_factory(vectors.shape[1], factory, METRICS[metric])
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def ids_array(ids) -> np.ndarray:
+    """Ids as a fixed-width unicode array, so ``np.load(allow_pickle=False)`` can read them."""
+    arr = np.asarray([str(i) for i in ids])
+    return arr if arr.size else np.asarray([], dtype="<U1")
+
+
+def _describe_files(directory: Path, names: list[str]) -> dict:
+    return {n: {"sha256": sha256_file(directory / n), "bytes": (directory / n).stat().st_size} for n in names}
+
+
+def write_index_dir(target: str | os.PathLike, index: faiss.Index, ids, *, factory: str, metric: str,
+                    metadata: pd.DataFrame | None = None, embedding: dict | None = None,
+                    source_partitions: list[str] | None = None, extra: dict | None = None) -> dict:
+    """Write index + ids (+ metadata) + manifest into ``target`` as one atomic directory swap."""
+    ids = ids_array(ids)
+    if index.ntotal != len(ids):
+        raise IndexIntegrityError(f"refusing to write: index has {index.ntotal} vectors but "
+                                  f"{len(ids)} ids")
+    if metadata is not None and len(metadata) != len(ids):
+        raise IndexIntegrityError(f"refusing to write: {len(metadata)} metadata rows for {len(ids)} ids")
+    with atomic_dir(target) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        np.save(tmp / IDS_FILE, ids, allow_pickle=False)
+        names = [INDEX_FILE, IDS_FILE]
+        if metadata is not None:
+            metadata.reset_index(drop=True).to_parquet(tmp / METADATA_FILE, index=False)
+            names.append(METADATA_FILE)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "factory": factory,
+            "metric": metric,
+            "dim": int(index.d),
+            "ntotal": int(index.ntotal),
+            "files": _describe_files(tmp, names),
+            "embedding": embedding or {},
+            "source_partitions": sorted(source_partitions or []),
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "faiss_version": faiss.__version__,
+            **(extra or {}),
+        }
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE if path.is_dir() else path
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise IndexIntegrityError(f"no manifest at {manifest_path}: the index was not written by "
+                                  "thumblab or was only partly copied") from None
+    except json.JSONDecodeError as exc:
+        raise IndexIntegrityError(f"manifest {manifest_path} is not valid JSON ({exc})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexIntegrityError(f"manifest {manifest_path} has format_version "
+                                  f"{manifest.get('format_version')!r}; this reader understands "
+                                  f"{FORMAT_VERSION}")
+    return manifest
+
+
+def checksum_problems(directory: str | os.PathLike, manifest: dict) -> list[str]:
+    """Every way the files in ``directory`` differ from what the manifest recorded."""
+    directory = Path(directory)
+    problems = []
+    for name, expected in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.exists():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected["bytes"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, manifest says {expected['bytes']}")
+        elif sha256_file(path) != expected["sha256"]:
+            problems.append(f"{name} sha256 differs from the manifest")
+    return problems
+
+
+@dataclass
+class LoadedIndex:
+    index: faiss.Index
+    ids: np.ndarray
+    manifest: dict
+    directory: Path
+    file_names: dict = field(default_factory=dict)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(as_float32(queries), min(k, max(self.ntotal, 1)))
+
+
+def load_files(directory: str | os.PathLike, index_name: str, ids_name: str, manifest: dict,
+               verify: bool = True) -> LoadedIndex:
+    directory = Path(directory)
+    if verify:
+        problems = checksum_problems(directory, manifest)
+        if problems:
+            raise IndexIntegrityError(f"index at {directory} fails its manifest: {'; '.join(problems)}")
+    index = faiss.read_index(str(directory / index_name))
+    ids = np.load(directory / ids_name, allow_pickle=False)
+    if index.ntotal != len(ids):
+        raise IndexIntegrityError(f"index at {directory} has {index.ntotal} vectors but {len(ids)} ids")
+    return LoadedIndex(index, ids, manifest, directory, {"index": index_name, "ids": ids_name})
+
+
+def load_index_dir(directory: str | os.PathLike, verify: bool = True) -> LoadedIndex:
+    """Load an index directory, verifying every checksum first."""
+    return load_files(directory, INDEX_FILE, IDS_FILE, read_manifest(directory), verify=verify)
+
+
+# --- the published copy the scoring service loads ----------------------------------------
+
+def published_names(name: str) -> dict:
+    return {"index": f"{name}.index", "ids": f"{name}_ids.npy", "manifest": f"{name}_manifest.json"}
+
+
+@dataclass
+class PublishResult:
+    published: bool
+    reason: str
+    paths: dict = field(default_factory=dict)
+
+
+def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name: str,
+            snapshot: str) -> PublishResult:
+    """Copy a verified index directory to ``<root>/<name>.index`` + ``<name>_ids.npy``.
+
+    ``snapshot`` orders builds (the partition date): an older build never replaces a newer
+    one. The new files are written in full beside the old ones, then swapped in by
+    ``os.replace``; the manifest goes last so a reader that checks it never accepts a mix.
+    """
+    index_dir, root = Path(index_dir), Path(publish_root)
+    manifest = read_manifest(index_dir)
+    problems = checksum_problems(index_dir, manifest)
+    if problems:
+        raise IndexIntegrityError(f"not publishing {index_dir}: {'; '.join(problems)}")
+    names = published_names(name)
+    root.mkdir(parents=True, exist_ok=True)
+    current = root / names["manifest"]
+    if current.exists():
+        try:
+            current_snapshot = read_manifest(current).get("snapshot", "")
+        except IndexIntegrityError:
+            current_snapshot = ""  # a broken published manifest is replaced
+        if current_snapshot > snapshot:
+            return PublishResult(False, f"published copy is from {current_snapshot}, newer than {snapshot}")
+    staged = {}
+    try:
+        for role, source in (("index", INDEX_FILE), ("ids", IDS_FILE)):
+            fd, tmp = tempfile.mkstemp(prefix=f".{names[role]}.", suffix=".tmp", dir=root)
+            os.close(fd)
+            shutil.copyfile(index_dir / source, tmp)
+            staged[role] = Path(tmp)
+        pub_manifest = {**manifest, "snapshot": snapshot, "published_from": str(index_dir),
+                        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "files": {names["index"]: manifest["files"][INDEX_FILE],
+                                  names["ids"]: manifest["files"][IDS_FILE]}}
+        for role, source in (("index", INDEX_FILE), ("ids", IDS_FILE)):
+            if sha256_file(staged[role]) != manifest["files"][source]["sha256"]:
+                raise IndexIntegrityError(f"copy of {source} to {root} does not match its checksum; "
+                                          "the published copy was left as it was")
+        for role in ("ids", "index"):
+            os.replace(staged.pop(role), root / names[role])
+        write_json_atomic(current, pub_manifest)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    return PublishResult(True, f"published {snapshot}",
+                         {role: str(root / n) for role, n in names.items()})
+
+
+def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True) -> LoadedIndex:
+    names = published_names(name)
+    root = Path(publish_root)
+    return load_files(root, names["index"], names["ids"], read_manifest(root / names["manifest"]), verify)
+
+
+# --- alignment: every row of the index maps to the right id -----------------------------
+
+@dataclass
+class AlignmentReport:
+    passed: bool
+    problems: list[str]
+    metrics: dict
+
+
+def check_alignment(directory: str | os.PathLike, expected_ids, expected_vectors: np.ndarray,
+                    sample: int = 200, seed: int = 0, k: int = 10) -> AlignmentReport:
+    """Prove that ``directory``'s index and id map agree with the rows they were built from.
+
+    Checks: manifest checksums; ntotal == number of ids; ids unique; the id set equals
+    ``expected_ids``; and for up to ``sample`` expected rows, searching the row's own vector
+    returns its id first (a tie with an identical vector counts).
+    """
+    directory = Path(directory)
+    problems: list[str] = []
+    try:
+        manifest = read_manifest(directory)
+    except IndexIntegrityError as exc:
+        return AlignmentReport(False, [str(exc)], {})
+    problems += checksum_problems(directory, manifest)
+    try:
+        loaded = load_index_dir(directory, verify=False)
+    except Exception as exc:  # unreadable index or ids: report, don't crash the check
+        return AlignmentReport(False, problems + [f"cannot load index: {exc}"], {})
+    ids = loaded.ids
+    expected_ids = [str(i) for i in expected_ids]
+    metrics = {"ntotal": loaded.ntotal, "num_ids": len(ids), "expected_ids": len(set(expected_ids))}
+    if loaded.ntotal != len(ids):
+        problems.append(f"index has {loaded.ntotal} vectors but the id map has {len(ids)} ids")
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        dupes = unique[counts > 1][:5].tolist()
+        problems.append(f"{len(ids) - len(unique)} duplicate ids in the id map, e.g. {dupes}")
+    missing = sorted(set(expected_ids) - set(ids.tolist()))
+    extra = sorted(set(ids.tolist()) - set(expected_ids))
+    if missing:
+        problems.append(f"{len(missing)} window ids missing from the index, e.g. {missing[:5]}")
+    if extra:
+        problems.append(f"{len(extra)} ids in the index are not in the window, e.g. {extra[:5]}")
+    n = min(sample, len(expected_ids))
+    mismatches = []
+    if n and loaded.ntotal:
+        rows = np.random.default_rng(seed).choice(len(expected_ids), size=n, replace=False)
+        queries = as_float32(expected_vectors)[rows]
+        sims, positions = loaded.search(queries, k)
+        for row, sim_row, pos_row in zip(rows, sims, positions):
+            want = expected_ids[row]
+            found = [ids[p] if 0 <= p < len(ids) else None for p in pos_row]
+            if found[0] == want:
+                continue
+            tie = any(f == want and abs(s - sim_row[0]) <= 1e-6 for f, s in zip(found, sim_row))
+            if not tie:
+                mismatches.append(f"{want} -> {found[0]}")
+        if mismatches:
+            problems.append(f"{len(mismatches)}/{n} sampled vectors do not find their own id first, "
+                            f"e.g. {mismatches[:5]}")
+    metrics.update({"sampled": n, "self_match_failures": len(mismatches),
+                    "missing_ids": len(missing), "extra_ids": len(extra)})
+    return AlignmentReport(not problems, problems, metrics)
+
+
+def timed_build(vectors: np.ndarray, factory: str = "Flat", metric: str = "inner_product"):
+    start = time.perf_counter()
+    index = build_index(vectors, factory, metric)
+    return index, time.perf_counter() - start

@@ -1,0 +1,81 @@
+"""A niche's reference library: the de-duplicated rows of its last N dates of embeddings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date as Date
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from thumblab_dagster.lib.embedding import read_embeddings
+from thumblab_dagster.lib.layout import DataLayout
+
+log = logging.getLogger(__name__)
+
+# Columns kept beside each vector, in index row order (what the query side shows).
+METADATA_COLUMNS = ["video_id", "title", "channel_title", "thumbnail_url", "views_per_hour",
+                    "view_count", "published_at", "collected_at", "date"]
+
+
+def window_dates(end_date: str, days: int) -> list[str]:
+    """The ``days`` dates ending at ``end_date`` (inclusive), oldest first."""
+    end = Date.fromisoformat(end_date)
+    return [(end - timedelta(days=offset)).isoformat() for offset in range(days - 1, -1, -1)]
+
+
+def _compat_key(info: dict) -> tuple:
+    return (info.get("model"), info.get("pretrained"), bool(info.get("loaded")), info.get("dim"))
+
+
+@dataclass
+class Window:
+    ids: list[str]
+    vectors: np.ndarray
+    metadata: pd.DataFrame
+    embedding: dict
+    dates_used: list[str]
+    missing_dates: list[str] = field(default_factory=list)
+    excluded_dates: dict[str, str] = field(default_factory=dict)
+
+
+def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -> Window:
+    """Read ``dates`` of a niche's embeddings and keep each video's newest row.
+
+    ``newest`` must exist (it is the partition being built); other missing dates are skipped.
+    Dates embedded with a different model or weights than ``newest`` cannot share an index
+    with it, so they are excluded and named in ``excluded_dates``.
+    """
+    dates = sorted(set(dates) | {newest})
+    _, _, ref_info = read_embeddings(layout.embeddings(niche, newest))  # raises a clear error if absent
+    frames, blocks, used, missing, excluded = [], [], [], [], {}
+    for d in dates:
+        path = layout.embeddings(niche, d)
+        if not path.exists():
+            missing.append(d)
+            continue
+        frame, vectors, info = read_embeddings(path)
+        if _compat_key(info) != _compat_key(ref_info):
+            excluded[d] = (f"embedded with {info.get('model')}/{info.get('pretrained')} "
+                           f"(weights loaded: {info.get('loaded')}), {newest} with "
+                           f"{ref_info.get('model')}/{ref_info.get('pretrained')} "
+                           f"(weights loaded: {ref_info.get('loaded')})")
+            continue
+        frames.append(frame.assign(date=d))
+        blocks.append(vectors)
+        used.append(d)
+    dim = int(ref_info["dim"])
+    if frames:
+        frame = pd.concat(frames, ignore_index=True)
+        vectors = np.concatenate(blocks) if blocks else np.empty((0, dim), np.float32)
+    else:
+        frame, vectors = pd.DataFrame(columns=METADATA_COLUMNS), np.empty((0, dim), np.float32)
+    # Dates are sorted, so keep="last" keeps each video's newest row.
+    keep = ~frame["video_id"].duplicated(keep="last").to_numpy()
+    frame = frame.loc[keep].reset_index(drop=True)
+    vectors = np.ascontiguousarray(vectors[keep], dtype=np.float32)
+    metadata = frame.reindex(columns=METADATA_COLUMNS)
+    return Window(ids=frame["video_id"].astype(str).tolist(), vectors=vectors, metadata=metadata,
+                  embedding=ref_info, dates_used=used, missing_dates=missing, excluded_dates=excluded)
