@@ -1,5 +1,6 @@
 """Asset checks. Names are constants so schedules, tests and the UI agree on them."""
 
+import warnings
 
 import dagster as dg
 
@@ -8,6 +9,9 @@ from thumblab_dagster.lib import thumbnail_pipeline as pipeline
 from thumblab_dagster.lib.trending import read_trending
 from thumblab_dagster.partitions import date_and_niche, thumbnail_partitions
 from thumblab_dagster.resources import StorageResource
+
+# Partitioned checks are a Dagster preview feature; we want per-partition results in the UI.
+warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning)
 
 ID_MAP_ALIGNMENT = "id_map_alignment"
 EMBEDDINGS_VALID = "embeddings_valid"

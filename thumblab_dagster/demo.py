@@ -12,6 +12,10 @@ from thumblab_dagster.lib.niches import NICHES
 from thumblab_dagster.partitions import TIMEZONE
 
 
+# Progress (INFO) on the console; Dagster's step-by-step DEBUG events stay in the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def today_in_hobart() -> str:
     return datetime.now(ZoneInfo(TIMEZONE)).date().isoformat()
 
@@ -66,7 +70,9 @@ def format_table(date: str, summaries: list[NicheSummary]) -> str:
     head = ["niche", "ok", "source", "videos", "embedded", "skipped", "indexed", "published", "checks"]
     rows = []
     for s in summaries:
-        checks = ", ".join(f"{k}={v}" for k, v in sorted(s.checks.items())) or "-"
+        passed = sum(v == "pass" for v in s.checks.values())
+        flagged = [f"{k} {v}" for k, v in sorted(s.checks.items()) if v != "pass"]
+        checks = f"{passed}/{len(s.checks)} passed" + (f" ({', '.join(flagged)})" if flagged else "")
         rows.append([s.niche, "yes" if s.success else "NO", s.source, show(s.videos), show(s.embedded),
                      show(s.skipped), show(s.indexed), show(s.published), checks])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
@@ -90,6 +96,7 @@ def run_demo(date: str | None = None, niches=NICHES) -> tuple[str, list[NicheSum
     with dg.DagsterInstance.get() as instance:
         for niche in niches:
             result = job.execute_in_process(partition_key=f"{date}|{niche}", instance=instance,
-                                            raise_on_error=False, tags={"thumblab/origin": "make demo"})
+                                            raise_on_error=False, tags={"thumblab/origin": "demo"},
+                                            run_config=QUIET)
             summaries.append(summarise(niche, result))
     return format_table(date, summaries), summaries

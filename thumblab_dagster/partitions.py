@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from thumblab_dagster.lib.niches import NICHES, WINDOW_DAYS
@@ -16,12 +18,14 @@ thumbnail_partitions = dg.MultiPartitionsDefinition({"date": date_partitions, "n
 
 # A niche's index on date D reads that niche's embeddings for D-89 .. D. MultiPartitionMapping
 # is beta: keep every use of it here.
-reference_window_mapping = dg.MultiPartitionMapping({
-    "date": dg.DimensionPartitionMapping(
-        "date", dg.TimeWindowPartitionMapping(start_offset=-(WINDOW_DAYS - 1), end_offset=0,
-                                              allow_nonexistent_upstream_partitions=True)),
-    "niche": dg.DimensionPartitionMapping("niche", dg.IdentityPartitionMapping()),
-})
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # known and accepted, here only
+    reference_window_mapping = dg.MultiPartitionMapping({
+        "date": dg.DimensionPartitionMapping(
+            "date", dg.TimeWindowPartitionMapping(start_offset=-(WINDOW_DAYS - 1), end_offset=0,
+                                                  allow_nonexistent_upstream_partitions=True)),
+        "niche": dg.DimensionPartitionMapping("niche", dg.IdentityPartitionMapping()),
+    })
 
 
 def date_and_niche(partition_key: str) -> tuple[str, str]:

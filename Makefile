@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: demo test dev install lint benchmark clean
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	touch $@
+
+## Build, check and publish today's indices for all five niches (offline sample source).
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/thumblab demo
+
+## Install and run the test suite.
+test: install
+	$(VENV)/bin/pytest -p no:cacheprovider
+
+## The Dagster UI on http://127.0.0.1:3000 (runs, checks, schedule), reading workspace.yaml.
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: install
+	$(VENV)/bin/ruff check thumblab_dagster thumblab_dagster_tests benchmarks
+
+benchmark: install
+	$(VENV)/bin/python benchmarks/embed_throughput.py
+
+clean:
+	rm -rf $(VENV) .dagster_home thumblab_data

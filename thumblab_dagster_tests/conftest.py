@@ -1,0 +1,35 @@
+import os
+
+import pytest
+
+from thumblab_dagster_tests.fake_youtube import FakeYouTubeServer
+
+# No test may reach beyond loopback, and none should wait on a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TEST_KEY = "AIzaTEST-secret-key-0123456789"
+
+
+@pytest.fixture
+def youtube():
+    with FakeYouTubeServer() as state:
+        yield state
+
+
+@pytest.fixture
+def resources(tmp_path, youtube):
+    """Resources pointed at a temp data root and the loopback YouTube, random CLIP weights."""
+    from thumblab_dagster.resources import (
+        ClipEmbedderResource,
+        StorageResource,
+        ThumbnailFetchResource,
+        TrendingSourceResource,
+    )
+
+    return {
+        "storage": StorageResource(data_root=str(tmp_path / "data")),
+        "trending_source": TrendingSourceResource(api_key=TEST_KEY, base_url=youtube.base_url, max_results=12,
+                                                  retries=2, backoff_factor=0.0),
+        "embedder": ClipEmbedderResource(pretrained="none", device="cpu", batch_size=8),
+        "thumbnail_fetch": ThumbnailFetchResource(max_workers=4, timeout_s=5.0, max_bytes=1024 * 1024),
+    }

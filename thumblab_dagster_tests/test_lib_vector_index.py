@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thumblab_dagster.lib import vector_index as vi
+
+
+def unit(n, d=16, seed=0):
+    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def build(tmp_path, n=50, name="idx", snapshot="2026-11-01"):
+    vectors = unit(n)
+    ids = [f"v{i}" for i in range(n)]
+    index = vi.build_index(vectors)
+    vi.write_index_dir(tmp_path / name, index, ids, factory="Flat", metric="inner_product",
+                       metadata=pd.DataFrame({"video_id": ids}), extra={"snapshot": snapshot})
+    return tmp_path / name, ids, vectors
+
+
+def test_round_trip_with_manifest(tmp_path):
+    directory, ids, vectors = build(tmp_path)
+    manifest = vi.read_manifest(directory)
+    assert manifest["ntotal"] == 50 and manifest["dim"] == 16 and manifest["factory"] == "Flat"
+    assert set(manifest["files"]) == {"index.faiss", "ids.npy", "metadata.parquet"}
+    loaded = vi.load_index_dir(directory)
+    assert loaded.ids.tolist() == ids
+    sims, pos = loaded.search(vectors[:3], k=1)
+    assert pos[:, 0].tolist() == [0, 1, 2]
+    assert not list(tmp_path.glob(".*tmp"))  # no temp leftovers
+
+
+def test_tampered_file_is_refused_before_faiss_reads_it(tmp_path):
+    directory, _, _ = build(tmp_path)
+    np.save(directory / "ids.npy", np.asarray([f"w{i}" for i in range(50)]), allow_pickle=False)  # same size
+    with pytest.raises(vi.IndexIntegrityError, match="ids.npy sha256"):
+        vi.load_index_dir(directory)
+    (directory / "index.faiss").write_bytes(b"truncated")
+    with pytest.raises(vi.IndexIntegrityError, match="index.faiss has 9 bytes"):
+        vi.load_index_dir(directory)
+
+
+def test_refuses_to_write_misaligned_index(tmp_path):
+    index = vi.build_index(unit(5))
+    with pytest.raises(vi.IndexIntegrityError, match="5 vectors but 4 ids"):
+        vi.write_index_dir(tmp_path / "bad", index, ["a", "b", "c", "d"], factory="Flat", metric="inner_product")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_alignment_catches_swapped_ids_and_wrong_window(tmp_path):
+    directory, ids, vectors = build(tmp_path)
+    assert vi.check_alignment(directory, ids, vectors).passed
+    # swap two ids but keep the manifest consistent: only the self-search can tell
+    swapped = np.asarray(ids)
+    swapped[[3, 7]] = swapped[[7, 3]]
+    np.save(directory / "ids.npy", swapped, allow_pickle=False)
+    manifest = vi.read_manifest(directory)
+    manifest["files"]["ids.npy"] = {"sha256": vi.sha256_file(directory / "ids.npy"),
+                                    "bytes": (directory / "ids.npy").stat().st_size}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    report = vi.check_alignment(directory, ids, vectors)
+    assert not report.passed
+    assert any("do not find their own id" in p and "v3" in p for p in report.problems)
+    report = vi.check_alignment(directory, ids + ["v999"], np.vstack([vectors, unit(1, seed=9)]))
+    assert any("missing from the index" in p for p in report.problems)
+
+
+def test_identical_vectors_tie_counts_as_self_match(tmp_path):
+    vectors = unit(4)
+    vectors[2] = vectors[1]
+    index = vi.build_index(vectors)
+    vi.write_index_dir(tmp_path / "t", index, ["a", "b", "c", "d"], factory="Flat", metric="inner_product")
+    assert vi.check_alignment(tmp_path / "t", ["a", "b", "c", "d"], vectors).passed
+
+
+def test_publish_never_goes_back_in_time_and_refuses_broken_dirs(tmp_path):
+    new_dir, ids, _ = build(tmp_path, name="new", snapshot="2026-11-02")
+    old_dir, _, _ = build(tmp_path, n=10, name="old", snapshot="2026-11-01")
+    out = tmp_path / "faiss_indices"
+    assert vi.publish(new_dir, out, "tech", "2026-11-02").published
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"tech.index", "tech_ids.npy", "tech_manifest.json"}
+    result = vi.publish(old_dir, out, "tech", "2026-11-01")
+    assert not result.published and "newer" in result.reason
+    (new_dir / "index.faiss").write_bytes(b"corrupt")
+    with pytest.raises(vi.IndexIntegrityError):
+        vi.publish(new_dir, out, "tech", "2026-11-03")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    loaded = vi.load_published(out, "tech")
+    assert loaded.ids.tolist() == ids and loaded.manifest["snapshot"] == "2026-11-02"
+    assert np.load(out / "tech_ids.npy", allow_pickle=False).dtype.kind == "U"
