@@ -8,7 +8,6 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e ".[dev]"
 	touch $@
 
