@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,7 +45,7 @@ class FakeYouTube:
         start = len(self.charts.get(category, []))
         for i in range(start, start + count):
             vid = f"{prefix}{i:03d}"
-            self.thumbs[f"{vid}.jpg"] = (200, "image/jpeg", jpeg(hash(vid) % 1000))
+            self.thumbs[f"{vid}.jpg"] = (200, "image/jpeg", jpeg(zlib.crc32(vid.encode()) % 1000))
             self.charts.setdefault(category, []).append(video_item(vid, category, f"{self.thumb_base}/{vid}.jpg",
                                                                    now - timedelta(hours=5 + i)))
             ids.append(vid)
