@@ -11,7 +11,6 @@ import dagster as dg
 from thumblab_dagster.lib.niches import NICHES
 from thumblab_dagster.partitions import TIMEZONE
 
-
 # Progress (INFO) on the console; Dagster's step-by-step DEBUG events stay in the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
