@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 
 from thumblab_dagster.assets.thumbnails import thumbnail_assets
@@ -66,6 +67,9 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
 
     assert meta(tech_d2, "trending_videos")["source"] == "youtube"
     assert meta(tech_d2, "trending_videos")["row_count"] == 10
+    trending = pd.read_parquet(layout.trending("tech", D2))
+    assert trending.loc[0, "thumbnail_url"].endswith("/tech005.jpg")  # the largest offered, not _small
+    assert (trending["views_per_hour"] > 0).all() and trending["collected_at"].notna().all()
     emb = meta(tech_d2, "thumbnail_embeddings")
     assert (emb["embedded"], emb["skipped"]) == (8, 2)
     assert emb["weights_loaded"] is False

@@ -21,7 +21,7 @@ def test_offline_pretrained_tag_falls_back_to_random_weights_and_says_why():
     # conftest sets HF_HUB_OFFLINE: the tag's weights are not cached, so they cannot be had.
     loaded = load_clip("ViT-B-32", "laion2b_s34b_b79k", "cpu")
     assert loaded.weights.loaded is False
-    assert "laion2b_s34b_b79k" in loaded.weights.note
+    assert "laion2b_s34b_b79k" in loaded.weights.note and "not in the local cache" in loaded.weights.note
     assert loaded.dim == 512
 
 

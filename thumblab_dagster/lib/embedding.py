@@ -64,6 +64,11 @@ def _host_reachable(host: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _hub_offline() -> bool:
+    """Honour huggingface_hub's own switch: no download attempts at all."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _cached_hub_weights(hf_hub: str, cache_dir: str | None) -> str | None:
     """The local path of a tag's weights if the Hugging Face cache already holds them."""
     from huggingface_hub import hf_hub_download
@@ -135,6 +140,8 @@ def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_
             kwargs = {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
                       "image_interpolation": cfg.get("interpolation"),
                       "image_resize_mode": cfg.get("resize_mode")}
+        elif _hub_offline():
+            note = f"weights {requested!r} are not in the local cache and HF_HUB_OFFLINE is set"
         elif host and _host_reachable(host):
             weights_arg = requested
         else:
