@@ -23,5 +23,24 @@ def demo(date, niches):
     sys.exit(0 if all(s.success for s in summaries) else 1)
 
 
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--sample", default=200, show_default=True, help="Stored vectors to search again.")
+@click.option("--seed", default=0, show_default=True)
+def validate(index_dir, sample, seed):
+    """Prove an index directory's ids line up with its vectors; exit 1 on any mismatch."""
+    from thumblab_dagster.lib.validate import validate_index_dir
+
+    report = validate_index_dir(index_dir, sample=sample, seed=seed)
+    summary = ", ".join(f"{k} {v}" for k, v in report.metrics.items())
+    if report.passed:
+        click.echo(f"OK {index_dir}: {summary}")
+        return
+    click.echo(f"FAILED {index_dir}: {summary}", err=True)
+    for problem in report.problems:
+        click.echo(f"  - {problem}", err=True)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from thumblab_dagster.lib.images import fetch_images
 from thumblab_dagster.lib.layout import DataLayout
 from thumblab_dagster.lib.niches import WINDOW_DAYS, category_id
 from thumblab_dagster.lib.trending import frame_from_items, read_trending, write_trending
+from thumblab_dagster.lib.validate import AlignmentReport, check_alignment
 from thumblab_dagster.lib.window import Window, load_window, window_dates
 from thumblab_dagster.lib.youtube import YouTubeClient
 
@@ -210,14 +211,14 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
                         manifest=manifest)
 
 
-def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 200) -> vector_index.AlignmentReport:
+def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 200) -> AlignmentReport:
     """Alignment of the built index with an independent re-read of its window."""
     directory = layout.index_dir(niche, date)
     try:
         window = reference_window(layout, niche, date)
     except (FileNotFoundError, ValueError) as exc:
-        return vector_index.AlignmentReport(False, [f"cannot re-read the window: {exc}"], {})
-    return vector_index.check_alignment(directory, window.ids, window.vectors, sample=sample)
+        return AlignmentReport(False, [f"cannot re-read the window: {exc}"])
+    return check_alignment(directory, window.ids, window.vectors, sample=sample)
 
 
 def publish_niche_index(layout: DataLayout, niche: str, date: str) -> vector_index.PublishResult:

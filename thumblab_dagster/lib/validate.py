@@ -1,0 +1,126 @@
+"""Alignment validation: one function for the asset checks and ``thumblab validate``.
+
+An index is aligned when (a) every position maps to the id recorded for it (the id map and the
+row-ordered metadata agree), (b) stored vectors searched again find themselves first with
+cosine >= 0.999, (c) the counts of index, id map and metadata agree and ids are unique, and
+(d) every file matches the manifest's checksum. ``check_alignment`` adds what only the
+pipeline knows: the ids and vectors the index was built from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from thumblab_dagster.lib.vector_index import (
+    METADATA_FILE,
+    IndexIntegrityError,
+    as_float32,
+    checksum_problems,
+    load_index_dir,
+    read_manifest,
+)
+
+MIN_SELF_COSINE = 0.999
+TIE_TOLERANCE = 1e-6
+
+
+@dataclass
+class AlignmentReport:
+    passed: bool
+    problems: list[str]
+    metrics: dict = field(default_factory=dict)
+
+
+def _self_search_failures(loaded, rows: np.ndarray, queries: np.ndarray, want_ids: list[str],
+                          k: int, min_cosine: float | None) -> list[str]:
+    """Rows whose own vector does not come back first (an identical vector's tie counts)."""
+    sims, positions = loaded.search(queries, k)
+    ids = loaded.ids
+    failures = []
+    for row, want, sim_row, pos_row in zip(rows, want_ids, sims, positions):
+        found = [str(ids[p]) if 0 <= p < len(ids) else None for p in pos_row]
+        ok = found[0] == want or any(f == want and abs(s - sim_row[0]) <= TIE_TOLERANCE
+                                     for f, s in zip(found, sim_row))
+        if ok and min_cosine is not None and sim_row[0] < min_cosine:
+            failures.append(f"row {row} ({want}) finds itself with cosine {sim_row[0]:.4f} < {min_cosine}")
+        elif not ok:
+            failures.append(f"row {row} ({want}) -> {found[0]}")
+    return failures
+
+
+def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: int = 0, k: int = 10,
+                       min_cosine: float = MIN_SELF_COSINE) -> AlignmentReport:
+    """Check an index directory on its own, with nothing but its files."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except IndexIntegrityError as exc:
+        return AlignmentReport(False, [str(exc)])
+    problems = checksum_problems(directory, manifest)                                   # (d)
+    try:
+        loaded = load_index_dir(directory, verify=False)
+    except Exception as exc:  # unreadable index or ids: report, don't crash
+        return AlignmentReport(False, problems + [f"cannot load index: {exc}"])
+    ids = [str(i) for i in loaded.ids]
+    metrics = {"ntotal": loaded.ntotal, "num_ids": len(ids)}
+    if loaded.ntotal != len(ids) or manifest.get("ntotal") != loaded.ntotal:             # (c)
+        problems.append(f"counts differ: index {loaded.ntotal}, id map {len(ids)}, manifest {manifest.get('ntotal')}")
+    unique, counts = np.unique(np.asarray(ids), return_counts=True)
+    if len(unique) != len(ids):
+        problems.append(f"{len(ids) - len(unique)} duplicate ids in the id map, e.g. {unique[counts > 1][:5].tolist()}")
+    if (directory / METADATA_FILE).exists():                                              # (a)
+        recorded = pd.read_parquet(directory / METADATA_FILE, columns=["video_id"])["video_id"].astype(str).tolist()
+        if len(recorded) != len(ids):
+            problems.append(f"counts differ: metadata {len(recorded)} rows, id map {len(ids)}")
+        mismatched = [(i, a, b) for i, (a, b) in enumerate(zip(ids, recorded)) if a != b]
+        if mismatched:
+            shown = ", ".join(f"position {i}: id map {a!r}, metadata {b!r}" for i, a, b in mismatched[:5])
+            problems.append(f"{len(mismatched)} positions map to a different id than recorded: {shown}")
+        metrics["positions_checked"] = min(len(ids), len(recorded))
+    n = min(sample, loaded.ntotal)                                                        # (b)
+    if n and loaded.ntotal == len(ids):
+        rows = np.sort(np.random.default_rng(seed).choice(loaded.ntotal, size=n, replace=False))
+        queries = as_float32(np.vstack([loaded.index.reconstruct(int(r)) for r in rows]))
+        if manifest.get("metric") == "inner_product":
+            queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        failures = _self_search_failures(loaded, rows, queries, [ids[r] for r in rows], k,
+                                         min_cosine if manifest.get("metric") == "inner_product" else None)
+        if failures:
+            problems.append(f"{len(failures)}/{n} stored vectors do not find themselves first: {failures[:5]}")
+        metrics.update({"sampled": n, "self_search_failures": len(failures)})
+    return AlignmentReport(not problems, problems, metrics)
+
+
+def check_alignment(directory: str | os.PathLike, expected_ids, expected_vectors: np.ndarray,
+                    sample: int = 200, seed: int = 0, k: int = 10) -> AlignmentReport:
+    """``validate_index_dir`` plus the build's inputs: the id set equals ``expected_ids`` and,
+    for up to ``sample`` of those rows, the row's own input vector finds its id first."""
+    report = validate_index_dir(directory, sample=sample, seed=seed, k=k)
+    problems, metrics = list(report.problems), dict(report.metrics)
+    expected_ids = [str(i) for i in expected_ids]
+    metrics["expected_ids"] = len(set(expected_ids))
+    try:
+        loaded = load_index_dir(directory, verify=False)
+    except Exception:
+        return AlignmentReport(False, problems, metrics)
+    have = {str(i) for i in loaded.ids}
+    missing, extra = sorted(set(expected_ids) - have), sorted(have - set(expected_ids))
+    if missing:
+        problems.append(f"{len(missing)} window ids missing from the index, e.g. {missing[:5]}")
+    if extra:
+        problems.append(f"{len(extra)} ids in the index are not in the window, e.g. {extra[:5]}")
+    n = min(sample, len(expected_ids))
+    failures: list[str] = []
+    if n and loaded.ntotal:
+        rows = np.random.default_rng(seed).choice(len(expected_ids), size=n, replace=False)
+        failures = _self_search_failures(loaded, rows, as_float32(expected_vectors)[rows],
+                                         [expected_ids[r] for r in rows], k, None)
+        if failures:
+            problems.append(f"{len(failures)}/{n} sampled vectors do not find their own id first, e.g. {failures[:5]}")
+    metrics.update({"missing_ids": len(missing), "extra_ids": len(extra), "self_match_failures": len(failures)})
+    return AlignmentReport(not problems, problems, metrics)
