@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from thumblab_dagster.lib.shards import SHARDED, load_sharded, shard_label_problems
 from thumblab_dagster.lib.vector_index import (
     METADATA_FILE,
     IndexIntegrityError,
@@ -34,6 +35,14 @@ class AlignmentReport:
     passed: bool
     problems: list[str]
     metrics: dict = field(default_factory=dict)
+
+
+def load_any(directory: str | os.PathLike, manifest: dict | None = None):
+    """A single or sharded index, unverified (validators report problems instead of raising)."""
+    manifest = manifest or read_manifest(directory)
+    if manifest.get("layout") == SHARDED:
+        return load_sharded(directory, verify=False)
+    return load_index_dir(directory, verify=False)
 
 
 def _self_search_failures(loaded, rows: np.ndarray, queries: np.ndarray, want_ids: list[str],
@@ -63,11 +72,14 @@ def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: in
         return AlignmentReport(False, [str(exc)])
     problems = checksum_problems(directory, manifest)                                   # (d)
     try:
-        loaded = load_index_dir(directory, verify=False)
-    except Exception as exc:  # unreadable index or ids: report, don't crash
+        loaded = load_any(directory, manifest)
+    except Exception as exc:  # unreadable index, shard or id map: report, don't crash
         return AlignmentReport(False, problems + [f"cannot load index: {exc}"])
     ids = [str(i) for i in loaded.ids]
     metrics = {"ntotal": loaded.ntotal, "num_ids": len(ids)}
+    if manifest.get("layout") == SHARDED:                                                # (a), (c) per shard
+        problems += shard_label_problems(loaded)
+        metrics["shards"] = len(loaded.shards)
     if loaded.ntotal != len(ids) or manifest.get("ntotal") != loaded.ntotal:             # (c)
         problems.append(f"counts differ: index {loaded.ntotal}, id map {len(ids)}, manifest {manifest.get('ntotal')}")
     unique, counts = np.unique(np.asarray(ids), return_counts=True)
@@ -85,11 +97,22 @@ def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: in
     n = min(sample, loaded.ntotal)                                                        # (b)
     if n and loaded.ntotal == len(ids):
         rows = np.sort(np.random.default_rng(seed).choice(loaded.ntotal, size=n, replace=False))
-        queries = as_float32(np.vstack([loaded.index.reconstruct(int(r)) for r in rows]))
+        stored, unreadable = [], []
+        for r in rows:
+            try:
+                stored.append(loaded.reconstruct(int(r)))
+            except (RuntimeError, IndexError):  # the position is not where the id map says
+                unreadable.append(int(r))
+        if unreadable:
+            problems.append(f"{len(unreadable)} positions cannot be read back from their shard, "
+                            f"e.g. {unreadable[:5]}")
+            rows = np.asarray([r for r in rows if int(r) not in set(unreadable)], dtype=np.int64)
+        queries = as_float32(np.vstack(stored)) if stored else np.empty((0, manifest.get("dim", 1)), np.float32)
         if manifest.get("metric") == "inner_product":
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         failures = _self_search_failures(loaded, rows, queries, [ids[r] for r in rows], k,
-                                         min_cosine if manifest.get("metric") == "inner_product" else None)
+                                         min_cosine if manifest.get("metric") == "inner_product" else None) \
+            if len(rows) else []
         if failures:
             problems.append(f"{len(failures)}/{n} stored vectors do not find themselves first: {failures[:5]}")
         metrics.update({"sampled": n, "self_search_failures": len(failures)})
@@ -105,7 +128,7 @@ def check_alignment(directory: str | os.PathLike, expected_ids, expected_vectors
     expected_ids = [str(i) for i in expected_ids]
     metrics["expected_ids"] = len(set(expected_ids))
     try:
-        loaded = load_index_dir(directory, verify=False)
+        loaded = load_any(directory)
     except Exception:
         return AlignmentReport(False, problems, metrics)
     have = {str(i) for i in loaded.ids}

@@ -144,6 +144,9 @@ class LoadedIndex:
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(as_float32(queries), min(k, max(self.ntotal, 1)))
 
+    def reconstruct(self, position: int) -> np.ndarray:
+        return self.index.reconstruct(int(position))
+
 
 def load_files(directory: str | os.PathLike, index_name: str, ids_name: str, manifest: dict,
                verify: bool = True) -> LoadedIndex:
