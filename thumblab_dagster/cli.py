@@ -4,20 +4,29 @@ import sys
 
 import click
 
+from thumblab_dagster.lib.niches import NICHES
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Thumbnail Lab: build and query FAISS indices of trending thumbnails."""
 
 
+NICHE_CHOICE = click.Choice(list(NICHES))
+
+
 @main.command()
 @click.option("--date", help="Partition date YYYY-MM-DD (default: today in Australia/Hobart).")
-@click.option("--niche", "niches", multiple=True, help="Only these niches (repeatable; default all five).")
+@click.option("--niche", "niches", multiple=True, type=NICHE_CHOICE,
+              help="Only these niches (repeatable; default all five).")
 def demo(date, niches):
     """Materialise every thumbnail asset for one date and print a per-niche summary."""
     from thumblab_dagster.demo import run_demo
-    from thumblab_dagster.lib.niches import NICHES
+    from thumblab_dagster.partitions import START_DATE, date_partitions
 
+    if date is not None and not date_partitions.has_partition_key(date):
+        raise click.BadParameter(f"{date!r} is not a partition date: use YYYY-MM-DD between {START_DATE} "
+                                 "and today in Australia/Hobart", param_hint="--date")
     table, summaries = run_demo(date, niches or NICHES)
     click.echo(table)
     sys.exit(0 if all(s.success for s in summaries) else 1)

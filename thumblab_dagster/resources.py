@@ -74,12 +74,22 @@ class ThumbnailFetchResource(dg.ConfigurableResource):
         return FetchSettings(self.max_workers, self.timeout_s, self.max_bytes)
 
 
+def _int_env(env, name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number: set it to e.g. {default} or unset it") from None
+
+
 def resources_from_env(environ: dict | None = None) -> dict:
     env = os.environ if environ is None else environ
     source_kwargs = {
         "base_url": env.get("YOUTUBE_API_BASE_URL") or DEFAULT_BASE_URL,
         "region_code": env.get("YOUTUBE_REGION_CODE") or "US",
-        "max_results": int(env.get("YOUTUBE_MAX_RESULTS") or 30),
+        "max_results": _int_env(env, "YOUTUBE_MAX_RESULTS", 30),
     }
     if env.get("YOUTUBE_API_KEY"):
         # EnvVar: the UI shows the variable's name, never its value.
@@ -92,7 +102,7 @@ def resources_from_env(environ: dict | None = None) -> dict:
             model=env.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
             pretrained=env.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
             device=env.get("THUMBLAB_CLIP_DEVICE") or "auto",
-            batch_size=int(env.get("THUMBLAB_CLIP_BATCH_SIZE") or 32)),
+            batch_size=_int_env(env, "THUMBLAB_CLIP_BATCH_SIZE", 32)),
         "thumbnail_fetch": ThumbnailFetchResource(
-            max_workers=int(env.get("THUMBLAB_FETCH_WORKERS") or 8)),
+            max_workers=_int_env(env, "THUMBLAB_FETCH_WORKERS", 8)),
     }

@@ -72,6 +72,7 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     assert (trending["views_per_hour"] > 0).all() and trending["collected_at"].notna().all()
     emb = meta(tech_d2, "thumbnail_embeddings")
     assert (emb["embedded"], emb["skipped"]) == (8, 2)
+    assert emb["skip_reasons"] == {"HTTP N": 1, "content type text/html is not an image": 1}
     assert emb["weights_loaded"] is False
 
     # D2's index covers both dates, de-duplicated, without the broken thumbnails.

@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
+from click.testing import CliRunner
 
 import thumblab_dagster
 from thumblab_dagster.definitions import build_definitions, defs
@@ -47,3 +49,14 @@ def test_source_follows_the_environment_and_hides_the_key():
     assert resources["trending_source"].base_url == "http://127.0.0.1:1/yt"
     assert resources["storage"].data_root == "/tmp/x"
     dg.Definitions.validate_loadable(build_definitions(resources))
+
+
+def test_bad_settings_and_arguments_get_clear_errors():
+    with pytest.raises(ValueError, match="YOUTUBE_MAX_RESULTS='abc' is not a whole number"):
+        resources_from_env({"YOUTUBE_MAX_RESULTS": "abc"})
+    from thumblab_dagster.cli import main
+
+    bad_date = CliRunner().invoke(main, ["demo", "--date", "2026-13-01"])
+    assert bad_date.exit_code == 2 and "is not a partition date" in bad_date.output
+    bad_niche = CliRunner().invoke(main, ["demo", "--niche", "cooking"])
+    assert bad_niche.exit_code == 2 and "'cooking' is not one of" in bad_niche.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,27 +46,28 @@ class FetchResult:
         return self.image is not None
 
 
-def decode_image(data: bytes, source: str = "image") -> Image.Image:
+def decode_image(data: bytes, source: str | None = None) -> Image.Image:
     """Decode bytes to an RGB image, refusing non-images, bombs and degenerate sizes."""
+    prefix = f"{source}: " if source else ""
     if not data:
-        raise FetchError(f"{source}: empty body")
+        raise FetchError(f"{prefix}empty body")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.format not in ALLOWED_FORMATS:
-                raise FetchError(f"{source}: unsupported image format {img.format}")
+                raise FetchError(f"{prefix}unsupported image format {img.format}")
             if img.width * img.height > MAX_PIXELS:
-                raise FetchError(f"{source}: {img.width}x{img.height} pixels is too large")
+                raise FetchError(f"{prefix}{img.width}x{img.height} pixels is too large")
             if min(img.size) < MIN_SIDE:
-                raise FetchError(f"{source}: {img.width}x{img.height} pixels is too small")
+                raise FetchError(f"{prefix}{img.width}x{img.height} pixels is too small")
             img.load()
     except FetchError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise FetchError(f"{source}: decompression bomb refused") from None
+        raise FetchError(f"{prefix}decompression bomb refused") from None
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise FetchError(f"{source}: not a readable image ({type(exc).__name__})") from None
+        raise FetchError(f"{prefix}not a readable image ({type(exc).__name__})") from None
     return img.convert("RGB")
 
 
@@ -119,7 +121,12 @@ def fetch_image_bytes(url: str, *, session: requests.Session | None = None, time
 
 
 def fetch_image(url: str, **kwargs) -> Image.Image:
-    return decode_image(fetch_image_bytes(url, **kwargs), source="image")
+    return decode_image(fetch_image_bytes(url, **kwargs))
+
+
+def reason_kind(reason: str) -> str:
+    """A failure reason with its numbers blanked, so like failures count together."""
+    return re.sub(r"\d[\d,]*", "N", reason)
 
 
 def fetch_images(urls: Sequence[str], *, max_workers: int = 8, timeout_s: float = 10.0,

@@ -18,7 +18,7 @@ import numpy as np
 from thumblab_dagster.lib import index_stats, sample_source, vector_index
 from thumblab_dagster.lib.embedding import LoadedClip, embed_images, read_embeddings, write_embeddings
 from thumblab_dagster.lib.files import write_json_atomic
-from thumblab_dagster.lib.images import fetch_images
+from thumblab_dagster.lib.images import fetch_images, reason_kind
 from thumblab_dagster.lib.layout import DataLayout
 from thumblab_dagster.lib.niches import WINDOW_DAYS, category_id
 from thumblab_dagster.lib.trending import frame_from_items, read_trending, write_trending
@@ -130,8 +130,7 @@ def embed_thumbnails(layout: DataLayout, niche: str, date: str, clip: LoadedClip
                            progress=lambda done, total: log.info(f"embedded {done}/{total} thumbnails"))
     kept = frame.iloc[ok].reindex(columns=EMBEDDING_COLUMNS).reset_index(drop=True)
     write_embeddings(layout.embeddings(niche, date), kept, vectors, clip.weights.as_dict())
-    reasons = Counter(reason.split(":")[0] if "bytes" not in reason else "over size cap"
-                      for _, reason in failed)
+    reasons = Counter(reason_kind(reason) for _, reason in failed)
     return EmbeddingOutcome(embedded=len(ok), skipped=len(failed), skip_reasons=dict(reasons),
                             skipped_examples=[f"{v}: {r}" for v, r in failed[:10]],
                             weights=clip.weights.as_dict(), dim=clip.dim,
