@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from thumblab_dagster.lib import vector_index as vi
-from thumblab_dagster.lib.shards import ID_MAP_FILE, load_sharded, write_sharded
+from thumblab_dagster.lib.engine import build_index_dir
+from thumblab_dagster.lib.shards import ID_MAP_FILE, load_sharded
 from thumblab_dagster.lib.validate import validate_index_dir
 
 
@@ -18,7 +19,8 @@ def unit(n, d=24, seed=0):
 @pytest.fixture
 def sharded(tmp_path):
     vectors, ids = unit(1000), [f"p{i}" for i in range(1000)]
-    write_sharded(tmp_path / "s", vectors, ids, shard_size=300, metadata=pd.DataFrame({"video_id": ids}))
+    build_index_dir(tmp_path / "s", vectors, ids, factory="Flat", shard_size=300,
+                    metadata=pd.DataFrame({"video_id": ids}))
     return tmp_path / "s", ids, vectors
 
 
@@ -46,6 +48,17 @@ def test_sharded_search_equals_one_exact_index(sharded):
     assert validate_index_dir(directory).passed
 
 
+def test_sharded_ivf_trains_once_and_keeps_global_positions(tmp_path):
+    vectors, ids = unit(4000, seed=3), [f"p{i}" for i in range(4000)]
+    manifest = build_index_dir(tmp_path / "s", vectors, ids, factory="IVF16,Flat", shard_size=1500)
+    assert [s["count"] for s in manifest["shards"]] == [1500, 1500, 1000]
+    assert manifest["tuning"]["target_met"] and manifest["search_params"]["nprobe"] >= 1
+    index = load_sharded(tmp_path / "s")
+    sims, pos = index.search(vectors[[5, 2500, 3999]], 1)
+    assert pos[:, 0].tolist() == [5, 2500, 3999]  # every shard shares one set of centroids
+    assert validate_index_dir(tmp_path / "s").passed
+
+
 def test_validator_catches_swapped_ids(sharded):
     directory, _, _ = sharded
     rewrite_id_map(directory, lambda m: m["ids"].__setitem__(slice(10, 12), ["p11", "p10"]))
@@ -67,7 +80,7 @@ def test_validator_catches_a_shifted_offset(sharded):
 def test_validator_catches_shard_labels_off_by_an_offset(tmp_path):
     # The merge_from-without-add_id pitfall: a shard's vectors carry positions from 0 again.
     vectors, ids = unit(100), [f"p{i}" for i in range(100)]
-    write_sharded(tmp_path / "s", vectors, ids, shard_size=60)
+    build_index_dir(tmp_path / "s", vectors, ids, factory="Flat", shard_size=60)
     bad = faiss.IndexIDMap2(faiss.IndexFlatIP(24))
     bad.add_with_ids(vectors[60:], np.arange(0, 40, dtype=np.int64))
     faiss.write_index(bad, str(tmp_path / "s" / "shard_00001.index"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import faiss
@@ -17,16 +18,17 @@ import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.files import atomic_dir, write_json_atomic
+from thumblab_dagster.lib.search import RangeHits, Searcher
 from thumblab_dagster.lib.vector_index import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     METADATA_FILE,
-    METRICS,
     IndexIntegrityError,
     _describe_files,
     as_float32,
     checksum_problems,
     read_manifest,
+    searcher_for,
 )
 
 ID_MAP_FILE = "id_map.json"
@@ -37,39 +39,42 @@ def shard_name(i: int) -> str:
     return f"shard_{i:05d}.index"
 
 
-def _labelled_shard(vectors: np.ndarray, offset: int, factory: str, metric: str) -> faiss.Index:
-    base = faiss.index_factory(vectors.shape[1], factory, METRICS[metric])
-    if not base.is_trained:
-        base.train(vectors)
-    index = faiss.IndexIDMap2(base)
-    index.add_with_ids(vectors, np.arange(offset, offset + len(vectors), dtype=np.int64))
-    return index
-
-
-def write_sharded(target: str | os.PathLike, vectors: np.ndarray, ids, *, shard_size: int,
-                  factory: str = "Flat", metric: str = "inner_product", metadata: pd.DataFrame | None = None,
-                  extra: dict | None = None) -> dict:
-    """Split ``vectors`` into shards of at most ``shard_size`` rows and write them atomically."""
-    vectors = as_float32(vectors)
-    ids = [str(i) for i in ids]
-    if len(ids) != len(vectors):
-        raise IndexIntegrityError(f"refusing to write: {len(vectors)} vectors but {len(ids)} ids")
+def plan_shards(n: int, shard_size: int) -> list[dict]:
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    shards = [{"file": shard_name(i), "offset": start, "count": min(shard_size, len(ids) - start)}
-              for i, start in enumerate(range(0, len(ids), shard_size))]
+    return [{"file": shard_name(i), "offset": start, "count": min(shard_size, n - start)}
+            for i, start in enumerate(range(0, n, shard_size))]
+
+
+def labelled_part(empty: faiss.Index) -> faiss.Index:
+    """A copy of a trained, empty index whose labels will be global positions."""
+    return faiss.IndexIDMap2(faiss.clone_index(empty))
+
+
+def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shards: list[dict], ids: list[str], *,
+                      factory: str, metric: str, metadata: pd.DataFrame | None = None, extra: dict | None = None,
+                      extra_files: dict[str, os.PathLike] | None = None) -> dict:
+    """Write filled shard indices, the id map and the manifest as one atomic directory swap."""
+    ids = [str(i) for i in ids]
+    if sum(p.ntotal for p in parts) != len(ids) or len(parts) != len(shards):
+        raise IndexIntegrityError(f"refusing to write: {sum(p.ntotal for p in parts)} vectors in {len(parts)} "
+                                  f"shards but {len(ids)} ids and {len(shards)} planned shards")
     with atomic_dir(target) as tmp:
-        for shard in shards:
-            rows = vectors[shard["offset"]:shard["offset"] + shard["count"]]
-            faiss.write_index(_labelled_shard(rows, shard["offset"], factory, metric), str(tmp / shard["file"]))
+        for shard, part in zip(shards, parts):
+            faiss.write_index(part, str(tmp / shard["file"]))
         write_json_atomic(tmp / ID_MAP_FILE, {"ids": ids, "shards": shards})
         names = [s["file"] for s in shards] + [ID_MAP_FILE]
         if metadata is not None:
             metadata.reset_index(drop=True).to_parquet(tmp / METADATA_FILE, index=False)
             names.append(METADATA_FILE)
+        for name, path in (extra_files or {}).items():
+            os.replace(path, tmp / name)
+            names.append(name)
         manifest = {"format_version": FORMAT_VERSION, "layout": SHARDED, "factory": factory, "metric": metric,
-                    "dim": int(vectors.shape[1]), "ntotal": len(ids), "shard_size": shard_size, "shards": shards,
-                    "files": _describe_files(tmp, names), "faiss_version": faiss.__version__, **(extra or {})}
+                    "dim": int(parts[0].d) if parts else 0, "ntotal": len(ids),
+                    "shard_size": max((s["count"] for s in shards), default=0), "shards": shards,
+                    "files": _describe_files(tmp, names), "faiss_version": faiss.__version__,
+                    "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
     return manifest
 
@@ -81,30 +86,25 @@ class ShardedIndex:
     offsets: list[dict]
     manifest: dict
     directory: Path
+    searcher: Searcher | None = None
+
+    def __post_init__(self):
+        if self.searcher is None:
+            self.searcher = searcher_for(self.shards, self.manifest, self.directory)
 
     @property
     def ntotal(self) -> int:
         return int(sum(s.ntotal for s in self.shards))
 
-    def shard_of(self, position: int) -> int:
-        for i, s in enumerate(self.offsets):
-            if s["offset"] <= position < s["offset"] + s["count"]:
-                return i
-        raise IndexError(f"position {position} is in no shard")
-
     def reconstruct(self, position: int) -> np.ndarray:
-        return self.shards[self.shard_of(position)].reconstruct(int(position))
+        return self.searcher.reconstruct(position)
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Fan out, then merge: the same top-k (global positions) as one exact index."""
-        queries = as_float32(queries)
-        k = min(k, max(self.ntotal, 1))
-        parts = [s.search(queries, min(k, s.ntotal)) for s in self.shards if s.ntotal]
-        sims = np.concatenate([p[0] for p in parts], axis=1)
-        labels = np.concatenate([p[1] for p in parts], axis=1)
-        descending = self.manifest.get("metric") == "inner_product"
-        order = np.argsort(-sims if descending else sims, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(sims, order, 1), np.take_along_axis(labels, order, 1)
+        """Fan out, then merge: the same top-k (global positions) as one index would give."""
+        return self.searcher.search(as_float32(queries), k)
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> list[RangeHits]:
+        return self.searcher.range_search(as_float32(queries), threshold)
 
 
 def load_sharded(directory: str | os.PathLike, verify: bool = True) -> ShardedIndex:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,12 +21,14 @@ import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.files import atomic_dir, sha256_file, write_json_atomic
+from thumblab_dagster.lib.search import RangeHits, Searcher
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 METADATA_FILE = "metadata.parquet"
 MANIFEST_FILE = "manifest.json"
+VECTORS_FILE = "vectors.npy"  # float32 rows for exact re-rank, only beside compressed indices
 METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -65,8 +66,12 @@ def _describe_files(directory: Path, names: list[str]) -> dict:
 
 def write_index_dir(target: str | os.PathLike, index: faiss.Index, ids, *, factory: str, metric: str,
                     metadata: pd.DataFrame | None = None, embedding: dict | None = None,
-                    source_partitions: list[str] | None = None, extra: dict | None = None) -> dict:
-    """Write index + ids (+ metadata) + manifest into ``target`` as one atomic directory swap."""
+                    source_partitions: list[str] | None = None, extra: dict | None = None,
+                    extra_files: dict[str, os.PathLike] | None = None) -> dict:
+    """Write index + ids (+ metadata) + manifest into ``target`` as one atomic directory swap.
+
+    ``extra_files`` (name -> path) are moved in and covered by the manifest's checksums.
+    """
     ids = ids_array(ids)
     if index.ntotal != len(ids):
         raise IndexIntegrityError(f"refusing to write: index has {index.ntotal} vectors but "
@@ -80,6 +85,9 @@ def write_index_dir(target: str | os.PathLike, index: faiss.Index, ids, *, facto
         if metadata is not None:
             metadata.reset_index(drop=True).to_parquet(tmp / METADATA_FILE, index=False)
             names.append(METADATA_FILE)
+        for name, path in (extra_files or {}).items():
+            os.replace(path, tmp / name)
+            names.append(name)
         manifest = {
             "format_version": FORMAT_VERSION,
             "factory": factory,
@@ -129,6 +137,14 @@ def checksum_problems(directory: str | os.PathLike, manifest: dict) -> list[str]
     return problems
 
 
+def searcher_for(parts: list[faiss.Index], manifest: dict, directory: Path) -> Searcher:
+    """A searcher with the manifest's tuned parameters and, when stored, the re-rank vectors."""
+    stored_name = manifest.get("stored_vectors")
+    stored = np.load(directory / stored_name, mmap_mode="r", allow_pickle=False) if stored_name else None
+    return Searcher(parts, manifest.get("metric", "inner_product"), dict(manifest.get("search_params") or {}),
+                    stored, float(manifest.get("range_margin") or 0.0))
+
+
 @dataclass
 class LoadedIndex:
     index: faiss.Index
@@ -136,16 +152,25 @@ class LoadedIndex:
     manifest: dict
     directory: Path
     file_names: dict = field(default_factory=dict)
+    searcher: Searcher | None = None
+
+    def __post_init__(self):
+        if self.searcher is None:
+            self.searcher = searcher_for([self.index], self.manifest, self.directory)
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(as_float32(queries), min(k, max(self.ntotal, 1)))
+        """Top-k (similarities, row positions) with the manifest's tuned settings."""
+        return self.searcher.search(as_float32(queries), k)
+
+    def range_search(self, queries: np.ndarray, threshold: float) -> list[RangeHits]:
+        return self.searcher.range_search(as_float32(queries), threshold)
 
     def reconstruct(self, position: int) -> np.ndarray:
-        return self.index.reconstruct(int(position))
+        return self.searcher.reconstruct(position)
 
 
 def load_files(directory: str | os.PathLike, index_name: str, ids_name: str, manifest: dict,
@@ -233,8 +258,3 @@ def load_published(publish_root: str | os.PathLike, name: str, verify: bool = Tr
     root = Path(publish_root)
     return load_files(root, names["index"], names["ids"], read_manifest(root / names["manifest"]), verify)
 
-
-def timed_build(vectors: np.ndarray, factory: str = "Flat", metric: str = "inner_product"):
-    start = time.perf_counter()
-    index = build_index(vectors, factory, metric)
-    return index, time.perf_counter() - start

@@ -1,0 +1,381 @@
+"""The index engine: choose, train on a sample, add in batches, tune to a target recall, write.
+
+Vectors come from a ``VectorSource`` (an array, a memory-mapped ``.npy`` or an embeddings
+parquet) and are streamed in batches, so peak memory stays near index size + training sample
++ two batches. Compressed (PQ) indices also get ``vectors.npy``, the float32 vectors in row
+order, written batch by batch and memory-mapped by readers for the exact re-rank stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from thumblab_dagster.lib.index_choice import choose_index
+from thumblab_dagster.lib.search import Searcher, is_exact, is_lossy, nlist_of, tunable_params
+from thumblab_dagster.lib.shards import labelled_part, plan_shards, write_sharded_dir
+from thumblab_dagster.lib.vector_index import METRICS, VECTORS_FILE, as_float32, write_index_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_BATCH = 65_536
+TRAIN_POINTS_PER_LIST = 64           # within faiss's 39..256 per centroid
+MIN_POINTS_PER_LIST = 39
+PQ_TRAIN_POINTS = 256 * 64           # PQ codebooks: 256 centroids x enough points each
+TUNE_QUERIES = 400                   # split in two: one half tunes, the other proves
+TUNING_HEADROOM = 0.01               # ~2 standard errors of recall@10 on 200 queries: held-out must hold too
+NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
+EF_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+RERANK_STEPS = (1, 2, 4, 8, 16)
+
+
+# --- where vectors come from -------------------------------------------------------------
+
+class VectorSource:
+    """Rows of float32 vectors, read in batches and by position, never all at once."""
+    n: int
+    d: int
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        raise NotImplementedError
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows at sorted positions, read in one pass."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.d), dtype=np.float32)
+        lo = 0
+        for start, batch in self.batches(DEFAULT_BATCH):
+            hi = np.searchsorted(rows, start + len(batch))
+            out[lo:hi] = batch[rows[lo:hi] - start]
+            lo = hi
+            if lo == len(rows):
+                break
+        return out
+
+
+class ArraySource(VectorSource):
+    def __init__(self, array: np.ndarray):
+        if array.ndim != 2:
+            raise ValueError(f"expected a 2-d array of vectors, got shape {array.shape}")
+        self.array, (self.n, self.d) = array, array.shape
+
+    def batches(self, batch_size: int):
+        for start in range(0, self.n, batch_size):
+            yield start, as_float32(self.array[start:start + batch_size])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return as_float32(self.array[np.asarray(rows, dtype=np.int64)])
+
+
+class ParquetSource(VectorSource):
+    """An embeddings parquet: one fixed-size-list (or list) float column."""
+
+    def __init__(self, path: str | os.PathLike, column: str = "embedding"):
+        self.path, self.column = Path(path), column
+        self.file = pq.ParquetFile(self.path)
+        if column not in self.file.schema_arrow.names:
+            raise ValueError(f"{self.path} has no {column!r} column (columns: {self.file.schema_arrow.names})")
+        self.n = self.file.metadata.num_rows
+        field_type = self.file.schema_arrow.field(column).type
+        self.d = getattr(field_type, "list_size", None) or len(next(self.batches(1))[1][0])
+
+    def batches(self, batch_size: int):
+        start = 0
+        for record_batch in self.file.iter_batches(batch_size=batch_size, columns=[self.column]):
+            values = record_batch.column(0).flatten().to_numpy(zero_copy_only=False)
+            batch = as_float32(values.reshape(len(record_batch), -1))
+            yield start, batch
+            start += len(batch)
+
+
+def open_source(vectors, column: str = "embedding") -> VectorSource:
+    """An array, a ``.npy`` path (memory-mapped) or a parquet path as a ``VectorSource``."""
+    if isinstance(vectors, VectorSource):
+        return vectors
+    if isinstance(vectors, np.ndarray):
+        return ArraySource(vectors)
+    path = Path(vectors)
+    if path.suffix == ".npy":
+        return ArraySource(np.load(path, mmap_mode="r", allow_pickle=False))
+    if path.suffix == ".parquet":
+        return ParquetSource(path, column)
+    raise ValueError(f"cannot read vectors from {path}: give an array, a .npy or a .parquet file")
+
+
+# --- training and adding -----------------------------------------------------------------
+
+def train_points(factory: str, n: int) -> int:
+    """How many vectors train ``factory``: 0 when it needs none."""
+    nlist = nlist_of(factory)
+    if nlist:
+        want = max(nlist * TRAIN_POINTS_PER_LIST, PQ_TRAIN_POINTS if is_lossy(factory) else 0)
+        if n < nlist * MIN_POINTS_PER_LIST:
+            raise ValueError(f"{factory} needs at least {nlist * MIN_POINTS_PER_LIST:,} vectors to train "
+                             f"({MIN_POINTS_PER_LIST} per list); the collection has {n:,}: use fewer lists")
+        return min(n, want)
+    if is_lossy(factory) or factory.startswith(("OPQ", "PCA")):
+        return min(n, PQ_TRAIN_POINTS)
+    return 0
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n else np.arange(n)
+
+
+def train_empty(factory: str, metric: str, source: VectorSource, seed: int = 0) -> tuple[faiss.Index, int]:
+    index = faiss.index_factory(source.d, factory, METRICS[metric])
+    _skip_polysemous_training(index)
+    size = train_points(factory, source.n)
+    if size and not index.is_trained:
+        log.info("training %s on a seeded sample of %s vectors", factory, f"{size:,}")
+        index.train(source.take(sample_rows(source.n, size, seed)))
+    return index, size
+
+
+def _skip_polysemous_training(index: faiss.Index) -> None:
+    """The factory turns on polysemous training for PQ; we never search with it and it costs
+    seconds to minutes (15 s for IVF128,PQ16 on 16k x 64, measured) for nothing."""
+    try:
+        inner = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:
+        inner = index.index if isinstance(index, faiss.IndexPreTransform) else index
+        inner = faiss.downcast_index(inner)
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
+
+
+def add_batches(parts: list[faiss.Index], shards: list[dict] | None, source: VectorSource, batch_size: int,
+                stored: np.ndarray | None = None) -> None:
+    """One pass over ``source``: each row goes to its shard under its global position."""
+    for start, batch in source.batches(batch_size):
+        stop = start + len(batch)
+        if shards is None:
+            parts[0].add(batch)
+        else:
+            for part, shard in zip(parts, shards):
+                lo, hi = max(start, shard["offset"]), min(stop, shard["offset"] + shard["count"])
+                if lo < hi:
+                    part.add_with_ids(batch[lo - start:hi - start], np.arange(lo, hi, dtype=np.int64))
+        if stored is not None:
+            stored[start:stop] = batch
+        if source.n > batch_size:
+            log.info("added %s / %s vectors", f"{stop:,}", f"{source.n:,}")
+
+
+# --- tuning ------------------------------------------------------------------------------
+
+def exact_neighbours(source: VectorSource, queries: np.ndarray, k: int, metric: str,
+                     batch_size: int = DEFAULT_BATCH, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Exact top-k positions by streaming the source; ``exclude[i]`` drops query i's own row."""
+    extra = 1 if exclude is not None else 0
+    heap = faiss.ResultHeap(len(queries), k + extra, keep_max=metric == "inner_product")
+    for start, batch in source.batches(batch_size):
+        dist, idx = faiss.knn(queries, batch, min(k + extra, len(batch)), metric=METRICS[metric])
+        pad = k + extra - dist.shape[1]
+        if pad:
+            fill = -np.inf if metric == "inner_product" else np.inf
+            dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=fill)
+            idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
+        heap.add_result(np.ascontiguousarray(dist, dtype=np.float32),
+                        np.ascontiguousarray(np.where(idx < 0, -1, idx + start), dtype=np.int64))
+    heap.finalize()
+    return _drop_own(heap.I, exclude, k)
+
+
+def _drop_own(labels: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
+    if exclude is None:
+        return labels[:, :k]
+    out = np.empty((len(labels), k), dtype=np.int64)
+    for i, row in enumerate(labels):
+        out[i] = row[row != exclude[i]][:k] if (row == exclude[i]).any() else row[:k]
+    return out
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    hits = sum(len(set(f[:k]) & set(t) - {-1}) for f, t in zip(found, truth))
+    return hits / max(1, sum(len(set(t) - {-1}) for t in truth))
+
+
+@dataclass
+class Trial:
+    params: dict
+    recall: float
+    ms_per_query: float
+
+
+def _trial(searcher: Searcher, params: dict, queries: np.ndarray, truth: np.ndarray, k: int,
+           exclude: np.ndarray | None) -> Trial:
+    tuned = searcher.with_params(**params)
+    tuned.search(queries[:8], k + 1)  # warm-up: first touches of pages and caches are not the setting's cost
+    start = time.perf_counter()
+    _, found = tuned.search(queries, k + (1 if exclude is not None else 0))
+    elapsed = time.perf_counter() - start
+    return Trial(dict(params), recall_at_k(_drop_own(found, exclude, k), truth), 1000.0 * elapsed / len(queries))
+
+
+def _grid(factory: str) -> list[dict]:
+    names = tunable_params(factory)
+    nlist = nlist_of(factory)
+    axes = []
+    for name in names:
+        if name == "nprobe":
+            axes.append([("nprobe", p) for p in NPROBE_STEPS if p <= nlist] or [("nprobe", 1)])
+        elif name == "efSearch":
+            axes.append([("efSearch", e) for e in EF_STEPS])
+        else:
+            axes.append([("rerank_factor", r) for r in RERANK_STEPS])
+    return axes
+
+
+def tune(searcher: Searcher, factory: str, source: VectorSource, *, k: int = 10,
+         target_recall: float = DEFAULT_TARGET_RECALL, queries: np.ndarray | None = None,
+         n_queries: int = TUNE_QUERIES, seed: int = 0) -> dict:
+    """Cheapest setting reaching ``target_recall`` on tuning queries, proven on held-out ones.
+
+    Without ``queries``, a seeded sample of the collection's own rows is used, each query's
+    own row left out of both the truth and the answer. The sample is split in two halves:
+    the first picks the setting, the second (never seen while picking) measures it.
+    """
+    metric = searcher.metric
+    exclude = None
+    if queries is None:
+        rows = sample_rows(source.n, min(n_queries, source.n), seed + 1)
+        shuffle = np.random.default_rng(seed + 2).permutation(len(rows))  # halves span the collection
+        queries, exclude = source.take(rows)[shuffle], rows[shuffle]
+    queries = as_float32(queries)
+    half = len(queries) // 2
+    truth = exact_neighbours(source, queries, k, metric, exclude=exclude)
+    tune_q, held_q = queries[:half], queries[half:]
+    tune_t, held_t = truth[:half], truth[half:]
+    tune_x = exclude[:half] if exclude is not None else None
+    held_x = exclude[half:] if exclude is not None else None
+
+    axes = _grid(factory)
+    trials: list[Trial] = []
+    reaching: list[Trial] = []
+    outer = axes[1] if len(axes) > 1 else [None]
+    for extra in outer:                        # each re-rank depth: the smallest nprobe/ef that reaches
+        for step in axes[0]:
+            params = dict([step] + ([extra] if extra else []))
+            trial = _trial(searcher, params, tune_q, tune_t, k, tune_x)
+            trials.append(trial)
+            if trial.recall >= min(1.0, target_recall + TUNING_HEADROOM):
+                reaching.append(trial)
+                break
+    chosen = min(reaching, key=lambda t: t.ms_per_query) if reaching else max(trials, key=lambda t: t.recall)
+    proof = _trial(searcher, chosen.params, held_q, held_t, k, held_x)
+    result = {
+        "search_params": chosen.params,
+        "target_recall": target_recall,
+        "k": k,
+        "recall_at_k_tuning": round(chosen.recall, 4),
+        "recall_at_k_held_out": round(proof.recall, 4),
+        "ms_per_query": round(proof.ms_per_query, 4),
+        "tuning_queries": half,
+        "held_out_queries": len(queries) - half,
+        "queries_from": "collection rows, own row excluded" if exclude is not None else "given",
+        "target_met": proof.recall >= target_recall,
+        "trials": [{**t.params, "recall": round(t.recall, 4), "ms_per_query": round(t.ms_per_query, 4)}
+                   for t in trials],
+    }
+    if searcher.stored is not None:
+        result["range_margin"] = _range_margin(searcher.with_params(**chosen.params), tune_q, k)
+    log.info("tuned %s: %s -> recall@%d %.3f on held-out queries, %.3f ms/query", factory,
+             chosen.params, k, proof.recall, proof.ms_per_query)
+    return result
+
+
+def _range_margin(searcher: Searcher, queries: np.ndarray, k: int) -> float:
+    """The largest gap seen between approximate and exact scores, with headroom (range search)."""
+    raw_scores, labels = searcher._raw_search(queries, k * 4)
+    exact = searcher.rerank(queries, labels)
+    valid = labels >= 0
+    gap = np.abs(raw_scores[valid] - exact[valid])
+    return float(gap.max()) if gap.size else 0.0
+
+
+# --- the one build entry point ------------------------------------------------------------
+
+def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | None = None,
+                    metric: str = "inner_product", memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+                    target_recall: float = DEFAULT_TARGET_RECALL, k: int = 10, batch_size: int = DEFAULT_BATCH,
+                    shard_size: int | None = None, seed: int = 0, tune_queries: np.ndarray | None = None,
+                    metadata=None, embedding: dict | None = None, source_partitions: list[str] | None = None,
+                    extra: dict | None = None) -> dict:
+    """Build, tune and atomically write an index directory (sharded with ``shard_size``).
+
+    ``factory`` None lets ``choose_index`` pick for the size and ``memory_budget_bytes``
+    (the budget is per shard when sharded). Returns the manifest.
+    """
+    source = open_source(vectors)
+    ids = [str(i) for i in ids]
+    if len(ids) != source.n:
+        raise ValueError(f"{source.n:,} vectors but {len(ids):,} ids: every vector needs exactly one id")
+    if metadata is not None and len(metadata) != source.n:
+        raise ValueError(f"{len(metadata):,} metadata rows for {source.n:,} vectors: they must be in the same order")
+    size_for_choice = min(source.n, shard_size) if shard_size else source.n
+    factory = factory or (choose_index(size_for_choice, source.d, memory_budget_bytes, metric)
+                          if size_for_choice else "Flat")
+    seconds = {}
+    start = time.perf_counter()
+    empty, trained_on = train_empty(factory, metric, source, seed)
+    seconds["train"] = time.perf_counter() - start
+    shards = plan_shards(source.n, shard_size) if shard_size else None
+    parts = [labelled_part(empty) for _ in shards] if shards is not None else [empty]
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stored_path, stored = None, None
+    if is_lossy(factory):
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".vectors.npy", dir=target.parent)
+        os.close(fd)
+        stored_path = Path(name)
+        stored = np.lib.format.open_memmap(stored_path, mode="w+", dtype=np.float32, shape=(source.n, source.d))
+    try:
+        start = time.perf_counter()
+        add_batches(parts, shards, source, batch_size, stored)
+        seconds["add"] = time.perf_counter() - start
+        if stored is not None:
+            stored.flush()
+        tuning = {}
+        if not is_exact(factory) and source.n:
+            start = time.perf_counter()
+            tuning = tune(Searcher(parts, metric, {}, stored), factory, source, k=k, target_recall=target_recall,
+                          queries=tune_queries, seed=seed)
+            seconds["tune"] = time.perf_counter() - start
+        del stored
+        manifest_extra = {
+            "memory_budget_bytes": memory_budget_bytes,
+            "train_points": trained_on,
+            "build_seconds": round(sum(seconds.values()), 6),
+            "build_seconds_by_stage": {s: round(v, 6) for s, v in seconds.items()},
+            "search_params": tuning.get("search_params", {}),
+            "tuning": {key: v for key, v in tuning.items() if key not in ("search_params", "range_margin")},
+            "range_margin": tuning.get("range_margin", 0.0),
+            "stored_vectors": VECTORS_FILE if stored_path else None,
+            **(extra or {}),
+        }
+        files = {VECTORS_FILE: stored_path} if stored_path else None
+        if shards is not None:
+            return write_sharded_dir(target, parts, shards, ids, factory=factory, metric=metric, metadata=metadata,
+                                     extra={"embedding": embedding or {},
+                                            "source_partitions": sorted(source_partitions or []), **manifest_extra},
+                                     extra_files=files)
+        return write_index_dir(target, parts[0], ids, factory=factory, metric=metric, metadata=metadata,
+                               embedding=embedding, source_partitions=source_partitions, extra=manifest_extra,
+                               extra_files=files)
+    finally:
+        if stored_path is not None:
+            stored_path.unlink(missing_ok=True)
