@@ -7,14 +7,14 @@ import time
 
 import numpy as np
 
+from thumblab_dagster.lib.search import finds_itself
 from thumblab_dagster.lib.vector_index import LoadedIndex, as_float32
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def _stored_vectors(loaded: LoadedIndex, rows: np.ndarray) -> np.ndarray:
-    index = loaded.index
-    return as_float32(np.vstack([index.reconstruct(int(r)) for r in rows]))
+    return as_float32(np.vstack([loaded.reconstruct(int(r)) for r in rows]))
 
 
 def measure(loaded: LoadedIndex, k: int = 10, sample: int = 200, seed: int = 0) -> dict:
@@ -31,14 +31,13 @@ def measure(loaded: LoadedIndex, k: int = 10, sample: int = 200, seed: int = 0) 
     rows = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
     queries = _stored_vectors(loaded, rows)
     kk = min(k, n)
-    loaded.index.search(queries[:1], kk)  # warm-up, not counted
+    loaded.search(queries[:1], kk)  # warm-up, not counted
     latencies, self_hits, nn = [], 0, []
     for row, query in zip(rows, queries):
         start = time.perf_counter()
-        sims, positions = loaded.index.search(query[None, :], kk)
+        sims, positions = loaded.search(query[None, :], kk)
         latencies.append((time.perf_counter() - start) * 1000.0)
-        # An identical vector ranked first is as good as the row itself (ties are unordered).
-        self_hits += int(any(p == row and s >= sims[0, 0] - 1e-6 for s, p in zip(sims[0], positions[0])))
+        self_hits += int(finds_itself(row, positions[0], sims[0]))
         others = [s for s, p in zip(sims[0], positions[0]) if p != row and p >= 0]
         if others:
             nn.append(float(others[0]))

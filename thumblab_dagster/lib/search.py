@@ -180,6 +180,12 @@ def _ivf_or_none(index: faiss.Index):
         return None
 
 
+def finds_itself(target, found, scores, tolerance: float = 1e-6) -> bool:
+    """``target`` is ranked first, or tied with the first (identical vectors' order is arbitrary)."""
+    return bool(len(found)) and (found[0] == target or any(
+        f == target and abs(s - scores[0]) <= tolerance for f, s in zip(found, scores)))
+
+
 def validation_params(factory: str, params: dict) -> dict:
     """Search settings generous enough that a stored vector always finds itself (validators)."""
     out = dict(params)

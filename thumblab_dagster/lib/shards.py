@@ -27,6 +27,7 @@ from thumblab_dagster.lib.vector_index import (
     _describe_files,
     as_float32,
     checksum_problems,
+    load_index_dir,
     read_manifest,
     searcher_for,
 )
@@ -137,3 +138,14 @@ def shard_label_problems(index: ShardedIndex) -> list[str]:
     if expected_offset != len(index.ids):
         problems.append(f"counts differ: shards cover {expected_offset} positions, id map has {len(index.ids)} ids")
     return problems
+
+
+def load_any(directory: str | os.PathLike, manifest: dict | None = None, verify: bool = True):
+    """A single or sharded index directory, whichever the manifest says it is.
+
+    ``verify=False`` is for validators, which report problems instead of raising.
+    """
+    manifest = manifest or read_manifest(directory)
+    if manifest.get("layout") == SHARDED:
+        return load_sharded(directory, verify=verify)
+    return load_index_dir(directory, verify=verify)
