@@ -17,6 +17,7 @@ ID_MAP_ALIGNMENT = "id_map_alignment"
 EMBEDDINGS_VALID = "embeddings_valid"
 EMBEDDING_WEIGHTS_PRETRAINED = "embedding_weights_pretrained"
 TRENDING_NOT_EMPTY = "trending_not_empty"
+INDEX_RECALL = "index_recall"
 
 
 @dg.asset_check(asset=niche_index, name=ID_MAP_ALIGNMENT, blocking=True, partitions_def=thumbnail_partitions)
@@ -28,6 +29,18 @@ def id_map_alignment(context: dg.AssetCheckExecutionContext, storage: StorageRes
         context.log.error(problem)
     return dg.AssetCheckResult(passed=report.passed, metadata={
         **report.metrics, "problems": "\n".join(report.problems) or "none"})
+
+
+@dg.asset_check(asset=niche_index, name=INDEX_RECALL, partitions_def=thumbnail_partitions)
+def index_recall(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
+    """Warns when an approximate index misses its target recall@10 on fresh queries (exact ones pass)."""
+    date, niche = date_and_niche(context.partition_key)
+    result = pipeline.check_niche_recall(storage.layout, niche, date)
+    description = (f"exact {result['factory']} index: recall 1.0 by construction" if result["exact"] else
+                   f"recall@10 {result['recall']:.3f} vs target {result['target_recall']} with {result['search_params']}")
+    return dg.AssetCheckResult(passed=result["passed"], severity=dg.AssetCheckSeverity.WARN, description=description,
+                               metadata={k: v if v is not None else "none" for k, v in result.items()
+                                         if k != "search_params"} | {"search_params": str(result["search_params"])})
 
 
 @dg.asset_check(asset=thumbnail_embeddings, name=EMBEDDINGS_VALID, blocking=True,
@@ -62,4 +75,4 @@ def trending_not_empty(context: dg.AssetCheckExecutionContext, storage: StorageR
     return dg.AssetCheckResult(passed=rows > 0, severity=dg.AssetCheckSeverity.WARN, metadata={"rows": rows})
 
 
-thumbnail_checks = [id_map_alignment, embeddings_valid, embedding_weights_pretrained, trending_not_empty]
+thumbnail_checks = [id_map_alignment, index_recall, embeddings_valid, embedding_weights_pretrained, trending_not_empty]

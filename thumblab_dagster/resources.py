@@ -13,7 +13,7 @@ from pydantic import Field
 
 from thumblab_dagster.lib import embedding
 from thumblab_dagster.lib.layout import DataLayout
-from thumblab_dagster.lib.thumbnail_pipeline import FetchSettings, SourceSettings
+from thumblab_dagster.lib.thumbnail_pipeline import FetchSettings, IndexSettings, SourceSettings
 from thumblab_dagster.lib.youtube import DEFAULT_BASE_URL
 
 DEFAULT_DATA_ROOT = "thumblab_data"
@@ -74,6 +74,19 @@ class ThumbnailFetchResource(dg.ConfigurableResource):
         return FetchSettings(self.max_workers, self.timeout_s, self.max_bytes)
 
 
+class IndexEngineResource(dg.ConfigurableResource):
+    """How indices are chosen and tuned: a memory budget and the recall@10 they must prove."""
+
+    memory_budget_mb: int = Field(default=2048, ge=1, description="Memory an index may take; "
+                                  "choose_index picks Flat / HNSW / IVF / IVF-PQ to fit it.")
+    target_recall: float = Field(default=0.95, gt=0, le=1, description="recall@10 that tuning must reach "
+                                 "on held-out queries (approximate indices only).")
+
+    @property
+    def settings(self) -> IndexSettings:
+        return IndexSettings(memory_budget_bytes=self.memory_budget_mb * 1024 * 1024, target_recall=self.target_recall)
+
+
 def _int_env(env, name: str, default: int) -> int:
     raw = env.get(name)
     if not raw:
@@ -105,4 +118,5 @@ def resources_from_env(environ: dict | None = None) -> dict:
             batch_size=_int_env(env, "THUMBLAB_CLIP_BATCH_SIZE", 32)),
         "thumbnail_fetch": ThumbnailFetchResource(
             max_workers=_int_env(env, "THUMBLAB_FETCH_WORKERS", 8)),
+        "index_engine": IndexEngineResource(memory_budget_mb=_int_env(env, "THUMBLAB_INDEX_MEMORY_MB", 2048)),
     }

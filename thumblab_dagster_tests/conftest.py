@@ -21,6 +21,7 @@ def resources(tmp_path, youtube):
     """Resources pointed at a temp data root and the loopback YouTube, random CLIP weights."""
     from thumblab_dagster.resources import (
         ClipEmbedderResource,
+        IndexEngineResource,
         StorageResource,
         ThumbnailFetchResource,
         TrendingSourceResource,
@@ -32,4 +33,5 @@ def resources(tmp_path, youtube):
                                                   retries=2, backoff_factor=0.0),
         "embedder": ClipEmbedderResource(pretrained="none", device="cpu", batch_size=8),
         "thumbnail_fetch": ThumbnailFetchResource(max_workers=4, timeout_s=5.0, max_bytes=1024 * 1024),
+        "index_engine": IndexEngineResource(),
     }

@@ -12,6 +12,7 @@ from thumblab_dagster.checks import (
     EMBEDDING_WEIGHTS_PRETRAINED,
     EMBEDDINGS_VALID,
     ID_MAP_ALIGNMENT,
+    INDEX_RECALL,
     TRENDING_NOT_EMPTY,
     thumbnail_checks,
 )
@@ -89,7 +90,7 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     assert (layout.published / "tech.index").exists()
     assert np.load(layout.published / "tech_ids.npy", allow_pickle=False).shape == (13,)
 
-    assert checks_of(tech_d2) == {ID_MAP_ALIGNMENT: True, EMBEDDINGS_VALID: True,
+    assert checks_of(tech_d2) == {ID_MAP_ALIGNMENT: True, INDEX_RECALL: True, EMBEDDINGS_VALID: True,
                                   EMBEDDING_WEIGHTS_PRETRAINED: False, TRENDING_NOT_EMPTY: True}
     [weights] = [e for e in tech_d2.get_asset_check_evaluations() if e.check_name == EMBEDDING_WEIGHTS_PRETRAINED]
     assert weights.severity == dg.AssetCheckSeverity.WARN

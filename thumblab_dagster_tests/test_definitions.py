@@ -22,7 +22,7 @@ def test_definitions_load_with_everything_in_place():
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert groups == {"thumbnails"}
     checks = {k.name for k in graph.asset_check_keys}
-    assert checks == {"id_map_alignment", "embeddings_valid", "embedding_weights_pretrained", "trending_not_empty"}
+    assert checks == {"id_map_alignment", "index_recall", "embeddings_valid", "embedding_weights_pretrained", "trending_not_empty"}
     job = defs.resolve_job_def("daily_refresh")
     assert {n.name for n in job.nodes} >= {"trending_videos", "niche_index", "niche_index_id_map_alignment"}
 

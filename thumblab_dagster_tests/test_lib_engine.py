@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from thumblab_dagster.lib import vector_index as vi
-from thumblab_dagster.lib.engine import ParquetSource, build_index_dir, open_source, train_points
+from thumblab_dagster.lib.engine import ParquetSource, build_index_dir, open_source, train_points, verify_recall
 from thumblab_dagster.lib.validate import validate_index_dir
 from thumblab_dagster.lib.versions import VersionedIndex, VersionMismatchError, add
 
@@ -95,6 +95,10 @@ def test_tuned_recall_holds_on_fresh_queries_and_is_applied_on_load(tmp_path, co
     untuned = loaded.searcher.with_params(**{k: 1 for k in manifest["search_params"]})
     assert recall(untuned.search(fresh, 10)[1], exact_top(fresh, vectors, 10)) < 0.9  # the tuning mattered
     assert validate_index_dir(tmp_path / "i").passed
+    check = verify_recall(loaded, vectors)  # what the index_recall check runs
+    assert check["passed"] and not check["exact"] and check["recall"] >= 0.9
+    loaded.searcher = untuned
+    assert not verify_recall(loaded, vectors)["passed"]
 
 
 def test_flat_needs_no_tuning(tmp_path, collection):

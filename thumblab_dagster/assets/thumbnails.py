@@ -15,6 +15,7 @@ from thumblab_dagster.partitions import (
 )
 from thumblab_dagster.resources import (
     ClipEmbedderResource,
+    IndexEngineResource,
     StorageResource,
     ThumbnailFetchResource,
     TrendingSourceResource,
@@ -67,11 +68,14 @@ def thumbnail_embeddings(context: dg.AssetExecutionContext, storage: StorageReso
 
 @dg.asset(partitions_def=thumbnail_partitions, group_name=GROUP, kinds={"faiss"},
           deps=[dg.AssetDep(thumbnail_embeddings, partition_mapping=reference_window_mapping)])
-def niche_index(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+def niche_index(context: dg.AssetExecutionContext, storage: StorageResource,
+                index_engine: IndexEngineResource) -> dg.MaterializeResult:
     """FAISS index over the niche's de-duplicated embeddings of the last 90 dates."""
     date, niche = date_and_niche(context.partition_key)
     dates = window_dates_for_input(context, "thumbnail_embeddings")
-    outcome = pipeline.build_niche_index(storage.layout, niche, date, dates, log=context.log)
+    outcome = pipeline.build_niche_index(storage.layout, niche, date, dates, log=context.log,
+                                         settings=index_engine.settings)
+    tuning = outcome.manifest.get("tuning") or {}
     return dg.MaterializeResult(metadata={
         "ntotal": outcome.ntotal,
         "dim": outcome.dim,
@@ -81,6 +85,9 @@ def niche_index(context: dg.AssetExecutionContext, storage: StorageResource) -> 
         "first_date": outcome.dates_used[0] if outcome.dates_used else "none",
         "excluded_dates": outcome.excluded_dates or "none",
         "factory": outcome.manifest["factory"],
+        "search_params": str(outcome.manifest.get("search_params") or "none (exact)"),
+        "recall_at_10_held_out": tuning.get("recall_at_k_held_out", 1.0),
+        "memory_budget_bytes": outcome.manifest["memory_budget_bytes"],
         "path": dg.MetadataValue.path(str(storage.layout.index_dir(niche, date))),
     })
 

@@ -297,6 +297,24 @@ def tune(searcher: Searcher, factory: str, source: VectorSource, *, k: int = 10,
     return result
 
 
+def verify_recall(loaded, vectors, *, k: int = 10, n_queries: int = 200, seed: int = 7919) -> dict:
+    """Re-measure a built index's recall@k with the settings it loads with, on rows other than
+    the tuning ones (another seed), against exact search over ``vectors`` (its source rows)."""
+    manifest = loaded.manifest
+    target = float((manifest.get("tuning") or {}).get("target_recall", DEFAULT_TARGET_RECALL))
+    base = {"factory": manifest.get("factory"), "target_recall": target, "search_params": manifest.get("search_params")}
+    if is_exact(manifest.get("factory")) or not loaded.ntotal:
+        return {**base, "exact": True, "recall": 1.0, "passed": True, "queries": 0}
+    source = open_source(vectors)
+    rows = sample_rows(source.n, min(n_queries, source.n), seed)
+    queries = source.take(rows)
+    truth = exact_neighbours(source, queries, k, loaded.searcher.metric, exclude=rows)
+    _, found = loaded.searcher.search(queries, k + 1)
+    measured = recall_at_k(_drop_own(found, rows, k), truth)
+    return {**base, "exact": False, "recall": round(measured, 4), "passed": measured >= target,
+            "queries": len(rows), "recorded_recall": (manifest.get("tuning") or {}).get("recall_at_k_held_out")}
+
+
 def _range_margin(searcher: Searcher, queries: np.ndarray, k: int) -> float:
     """The largest gap seen between approximate and exact scores, with headroom (range search)."""
     raw_scores, labels = searcher._raw_search(queries, k * 4)

@@ -75,7 +75,9 @@ class Searcher:
     stored: np.ndarray | None = None   # row-ordered float32 vectors for exact re-rank (memmap)
     range_margin: float = 0.0          # how far an approximate score may sit from the exact one
 
-    def __post_init__(self):
+    def _apply(self) -> None:
+        # Parameters live on the shared faiss objects: set them on every call, so a derived
+        # searcher (tuning trials, validators) never leaves its settings behind for this one.
         for part in self.parts:
             apply_params(part, self.params)
 
@@ -96,6 +98,7 @@ class Searcher:
         return np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1)
 
     def _raw_search(self, queries: np.ndarray, k: int):
+        self._apply()
         parts = [p.search(queries, min(k, p.ntotal)) for p in self.parts if p.ntotal]
         if len(parts) == 1:
             return parts[0]
@@ -134,6 +137,7 @@ class Searcher:
         widen = self.range_margin if self.stored is not None else 0.0
         radius = threshold - widen if self.higher_is_better else threshold + widen
         per_query = [([], []) for _ in range(len(queries))]
+        self._apply()
         for part in self.parts:
             if not part.ntotal:
                 continue

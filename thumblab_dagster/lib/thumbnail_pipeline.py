@@ -17,6 +17,7 @@ import numpy as np
 
 from thumblab_dagster.lib import index_stats, sample_source, vector_index
 from thumblab_dagster.lib.embedding import LoadedClip, embed_images, read_embeddings, write_embeddings
+from thumblab_dagster.lib.engine import DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, build_index_dir, verify_recall
 from thumblab_dagster.lib.files import write_json_atomic
 from thumblab_dagster.lib.images import fetch_images, reason_kind
 from thumblab_dagster.lib.layout import DataLayout
@@ -28,7 +29,6 @@ from thumblab_dagster.lib.youtube import YouTubeClient
 
 _default_log = logging.getLogger(__name__)
 
-INDEX_FACTORY = "Flat"
 INDEX_METRIC = "inner_product"
 
 
@@ -186,8 +186,15 @@ def reference_window(layout: DataLayout, niche: str, date: str, dates: list[str]
     return load_window(layout, niche, dates or window_dates(date, WINDOW_DAYS), newest=date)
 
 
+@dataclass(frozen=True)
+class IndexSettings:
+    """How the engine builds a niche index: the memory it may use and the recall it must prove."""
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    target_recall: float = DEFAULT_TARGET_RECALL
+
+
 def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str] | None = None,
-                      log=_default_log) -> IndexOutcome:
+                      log=_default_log, settings: IndexSettings = IndexSettings()) -> IndexOutcome:
     window = reference_window(layout, niche, date, dates)
     log.info(f"building the {niche} index for {date}: {len(window.ids)} unique videos from "
              f"{len(window.dates_used)} dates")
@@ -195,17 +202,17 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
         log.warning(f"excluded {d}: {why}")
     if not window.ids:
         log.warning(f"the {niche} window ending {date} holds no vectors: writing an empty index")
-    index, seconds = vector_index.timed_build(window.vectors, INDEX_FACTORY, INDEX_METRIC)
     directory = layout.index_dir(niche, date)
-    manifest = vector_index.write_index_dir(
-        directory, index, window.ids, factory=INDEX_FACTORY, metric=INDEX_METRIC,
-        metadata=window.metadata, embedding=window.embedding,
+    manifest = build_index_dir(
+        directory, window.vectors, window.ids, metric=INDEX_METRIC, memory_budget_bytes=settings.memory_budget_bytes,
+        target_recall=settings.target_recall, metadata=window.metadata, embedding=window.embedding,
         source_partitions=window.dates_used,
-        extra={"niche": niche, "snapshot": date, "build_seconds": round(seconds, 6),
-               "window_days": WINDOW_DAYS})
+        extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS})
+    log.info(f"{niche}: {manifest['factory']} over {manifest['ntotal']} vectors "
+             f"(budget {settings.memory_budget_bytes:,} bytes)")
     return IndexOutcome(ntotal=manifest["ntotal"], dim=manifest["dim"],
                         file_bytes=manifest["files"][vector_index.INDEX_FILE]["bytes"],
-                        build_seconds=seconds, dates_used=window.dates_used,
+                        build_seconds=manifest["build_seconds"], dates_used=window.dates_used,
                         missing_dates=window.missing_dates, excluded_dates=window.excluded_dates,
                         manifest=manifest)
 
@@ -218,6 +225,13 @@ def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 2
     except (FileNotFoundError, ValueError) as exc:
         return AlignmentReport(False, [f"cannot re-read the window: {exc}"])
     return check_alignment(directory, window.ids, window.vectors, sample=sample)
+
+
+def check_niche_recall(layout: DataLayout, niche: str, date: str) -> dict:
+    """Recall@10 of the built index against exact search over its window, on fresh queries."""
+    loaded = vector_index.load_index_dir(layout.index_dir(niche, date))
+    window = reference_window(layout, niche, date)
+    return verify_recall(loaded, window.vectors)
 
 
 def publish_niche_index(layout: DataLayout, niche: str, date: str) -> vector_index.PublishResult:
