@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from thumblab_dagster.lib import vector_index as vi
-from thumblab_dagster.lib.engine import ParquetSource, build_index_dir, open_source, train_points, verify_recall
+from thumblab_dagster.lib.engine import NpyFileSource, ParquetSource, build_index_dir, open_source, train_points, verify_recall
 from thumblab_dagster.lib.validate import validate_index_dir
 from thumblab_dagster.lib.versions import VersionedIndex, VersionMismatchError, add
 
@@ -57,9 +57,10 @@ def test_parquet_and_memmap_sources_stream_the_same_rows(tmp_path, collection):
     np.save(tmp_path / "e.npy", vectors[:5000])
     from_parquet, from_npy = ParquetSource(tmp_path / "e.parquet"), open_source(tmp_path / "e.npy")
     assert (from_parquet.n, from_parquet.d) == (5000, 32)
-    assert isinstance(from_npy.array, np.memmap)  # never loaded whole
+    assert isinstance(from_npy, NpyFileSource)  # read in batches, never loaded whole
     rows = np.array([0, 999, 1000, 4321, 4999])
     np.testing.assert_array_equal(from_parquet.take(rows), vectors[rows])
+    np.testing.assert_array_equal(from_npy.take(rows), vectors[rows])
     m1 = build_index_dir(tmp_path / "a", tmp_path / "e.parquet", ids[:5000], factory="IVF64,Flat", batch_size=700)
     m2 = build_index_dir(tmp_path / "b", tmp_path / "e.npy", ids[:5000], factory="IVF64,Flat", batch_size=700)
     assert 39 * 64 <= m1["train_points"] == m2["train_points"] <= 256 * 64

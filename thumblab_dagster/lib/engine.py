@@ -78,6 +78,30 @@ class ArraySource(VectorSource):
         return as_float32(self.array[np.asarray(rows, dtype=np.int64)])
 
 
+class NpyFileSource(VectorSource):
+    """A float32 ``.npy`` file read batch by batch with plain reads: unlike a memory map, the
+    pages read do not stay in the process's resident set."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if len(shape) != 2 or fortran or dtype != np.float32:
+            raise ValueError(f"{self.path} must hold a C-ordered float32 2-d array, found {dtype} {shape}")
+        self.n, self.d = shape
+
+    def batches(self, batch_size: int):
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            for start in range(0, self.n, batch_size):
+                batch = np.empty((min(batch_size, self.n - start), self.d), dtype=np.float32)
+                f.readinto(memoryview(batch).cast("B"))
+                yield start, batch
+
+
 class ParquetSource(VectorSource):
     """An embeddings parquet: one fixed-size-list (or list) float column."""
 
@@ -107,7 +131,7 @@ def open_source(vectors, column: str = "embedding") -> VectorSource:
         return ArraySource(vectors)
     path = Path(vectors)
     if path.suffix == ".npy":
-        return ArraySource(np.load(path, mmap_mode="r", allow_pickle=False))
+        return NpyFileSource(path)
     if path.suffix == ".parquet":
         return ParquetSource(path, column)
     raise ValueError(f"cannot read vectors from {path}: give an array, a .npy or a .parquet file")
@@ -155,8 +179,22 @@ def _skip_polysemous_training(index: faiss.Index) -> None:
         inner.do_polysemous_training = False
 
 
+class StoredVectorsWriter:
+    """Writes the float32 rows of ``vectors.npy`` in order, with plain writes (no memory map)."""
+
+    def __init__(self, path: Path, n: int, d: int):
+        self.file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        np.lib.format.write_array_header_1_0(self.file, {"descr": "<f4", "fortran_order": False, "shape": (n, d)})
+
+    def __setitem__(self, rows: slice, batch: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(batch, dtype="<f4").tobytes())  # rows arrive in order
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def add_batches(parts: list[faiss.Index], shards: list[dict] | None, source: VectorSource, batch_size: int,
-                stored: np.ndarray | None = None) -> None:
+                stored: StoredVectorsWriter | None = None) -> None:
     """One pass over ``source``: each row goes to its shard under its global position."""
     for start, batch in source.batches(batch_size):
         stop = start + len(batch)
@@ -360,20 +398,22 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".vectors.npy", dir=target.parent)
         os.close(fd)
         stored_path = Path(name)
-        stored = np.lib.format.open_memmap(stored_path, mode="w+", dtype=np.float32, shape=(source.n, source.d))
+        stored = StoredVectorsWriter(stored_path, source.n, source.d)
     try:
         start = time.perf_counter()
         add_batches(parts, shards, source, batch_size, stored)
         seconds["add"] = time.perf_counter() - start
+        rerank_vectors = None
         if stored is not None:
-            stored.flush()
+            stored.close()
+            rerank_vectors = np.load(stored_path, mmap_mode="r", allow_pickle=False)
         tuning = {}
         if not is_exact(factory) and source.n:
             start = time.perf_counter()
-            tuning = tune(Searcher(parts, metric, {}, stored), factory, source, k=k, target_recall=target_recall,
-                          queries=tune_queries, seed=seed)
+            tuning = tune(Searcher(parts, metric, {}, rerank_vectors), factory, source, k=k,
+                          target_recall=target_recall, queries=tune_queries, seed=seed)
             seconds["tune"] = time.perf_counter() - start
-        del stored
+        del rerank_vectors
         manifest_extra = {
             "memory_budget_bytes": memory_budget_bytes,
             "train_points": trained_on,
