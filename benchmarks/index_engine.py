@@ -124,6 +124,7 @@ def worker(system: str, files: dict, budget_mb: int, out_dir: Path) -> dict:
         data = np.load(files["data"], mmap_mode="r")
         for s in range(0, len(data), 65_536):
             index.add(np.ascontiguousarray(data[s:s + 65_536]))
+        faiss.write_index(index, str(out_dir / "faiss_flat.index"))  # a build's product is a file, as for the others
         build_s = time.perf_counter() - start
         _, found = index.search(queries, K)
         return {"factory": "Flat", "build_s": round(build_s, 2), "index_bytes": 4 * index.ntotal * index.d,

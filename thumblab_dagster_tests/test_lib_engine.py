@@ -211,3 +211,13 @@ def test_version_swap_under_concurrent_readers_never_serves_a_mix(tmp_path):
     print("versions seen by readers:", sorted(seen))
     assert store.load().manifest["build"] == builds - 1
     assert len(store.versions()) == 2
+
+
+def test_published_compressed_index_keeps_exact_scores(tmp_path, collection):
+    vectors, ids, fresh = collection
+    build_index_dir(tmp_path / "pq", vectors[:5000], ids[:5000], factory="IVF16,PQ8", target_recall=0.9)
+    result = vi.publish(tmp_path / "pq", tmp_path / "faiss_indices", "tech", snapshot="2026-11-21")
+    assert result.published and (tmp_path / "faiss_indices" / "tech_vectors.npy").exists()
+    served = vi.load_published(tmp_path / "faiss_indices", "tech")
+    sims, found = served.search(fresh[:20], 5)
+    np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", fresh[:20], vectors[found]), atol=1e-5)

@@ -37,7 +37,8 @@ TUNE_QUERIES = 400                   # split in two: one half tunes, the other p
 TUNING_HEADROOM = 0.01               # ~2 standard errors of recall@10 on 200 queries: held-out must hold too
 NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 EF_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-RERANK_STEPS = (1, 2, 4, 8, 16)
+RERANK_STEPS = (1, 2, 4, 8, 16, 32, 64)
+PLATEAU = 0.002                      # recall gained by the next step below which a search axis stops
 
 
 # --- where vectors come from -------------------------------------------------------------
@@ -263,17 +264,21 @@ def _trial(searcher: Searcher, params: dict, queries: np.ndarray, truth: np.ndar
     return Trial(dict(params), recall_at_k(_drop_own(found, exclude, k), truth), 1000.0 * elapsed / len(queries))
 
 
-def _grid(factory: str) -> list[dict]:
-    names = tunable_params(factory)
+def _grid(factory: str) -> list[list[dict]]:
+    """Search axes, each a list of settings from cheapest to most thorough."""
     nlist = nlist_of(factory)
     axes = []
-    for name in names:
+    for name in tunable_params(factory):
         if name == "nprobe":
-            axes.append([("nprobe", p) for p in NPROBE_STEPS if p <= nlist] or [("nprobe", 1)])
+            steps = [p for p in NPROBE_STEPS if p <= nlist] or [1]
+            # An HNSW coarse quantizer must explore at least nprobe centroids to return them.
+            hnsw_coarse = f"IVF{nlist}_HNSW" in factory
+            axes.append([{"nprobe": p, **({"quantizer_efSearch": max(64, 2 * p)} if hnsw_coarse else {})}
+                         for p in steps])
         elif name == "efSearch":
-            axes.append([("efSearch", e) for e in EF_STEPS])
+            axes.append([{"efSearch": e} for e in EF_STEPS])
         else:
-            axes.append([("rerank_factor", r) for r in RERANK_STEPS])
+            axes.append([{"rerank_factor": r} for r in RERANK_STEPS])
     return axes
 
 
@@ -303,15 +308,19 @@ def tune(searcher: Searcher, factory: str, source: VectorSource, *, k: int = 10,
     axes = _grid(factory)
     trials: list[Trial] = []
     reaching: list[Trial] = []
-    outer = axes[1] if len(axes) > 1 else [None]
+    outer = axes[1] if len(axes) > 1 else [{}]
     for extra in outer:                        # each re-rank depth: the smallest nprobe/ef that reaches
+        previous = None
         for step in axes[0]:
-            params = dict([step] + ([extra] if extra else []))
+            params = {**step, **extra}
             trial = _trial(searcher, params, tune_q, tune_t, k, tune_x)
             trials.append(trial)
             if trial.recall >= min(1.0, target_recall + TUNING_HEADROOM):
                 reaching.append(trial)
                 break
+            if previous is not None and trial.recall - previous.recall < PLATEAU:
+                break  # more probes no longer help at this re-rank depth (codes are the limit)
+            previous = trial
     chosen = min(reaching, key=lambda t: t.ms_per_query) if reaching else max(trials, key=lambda t: t.recall)
     proof = _trial(searcher, chosen.params, held_q, held_t, k, held_x)
     result = {

@@ -196,6 +196,8 @@ def validation_params(factory: str, params: dict) -> dict:
     nlist = nlist_of(factory)
     if nlist:
         out["nprobe"] = min(nlist, max(int(params.get("nprobe", 1)) * 4, 64))
+        if "quantizer_efSearch" in params:
+            out["quantizer_efSearch"] = max(int(params["quantizer_efSearch"]), 2 * out["nprobe"])
     elif "HNSW" in (factory or ""):
         out["efSearch"] = max(int(params.get("efSearch", 16)), 256)
     if is_lossy(factory):

@@ -195,7 +195,8 @@ def load_index_dir(directory: str | os.PathLike, verify: bool = True) -> LoadedI
 # --- the published copy the scoring service loads ----------------------------------------
 
 def published_names(name: str) -> dict:
-    return {"index": f"{name}.index", "ids": f"{name}_ids.npy", "manifest": f"{name}_manifest.json"}
+    return {"index": f"{name}.index", "ids": f"{name}_ids.npy", "manifest": f"{name}_manifest.json",
+            "vectors": f"{name}_vectors.npy"}
 
 
 @dataclass
@@ -228,22 +229,25 @@ def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name:
             current_snapshot = ""  # a broken published manifest is replaced
         if current_snapshot > snapshot:
             return PublishResult(False, f"published copy is from {current_snapshot}, newer than {snapshot}")
+    # Compressed indices travel with their re-rank vectors, or readers would get approximate scores.
+    roles = [("index", INDEX_FILE), ("ids", IDS_FILE)] + ([("vectors", VECTORS_FILE)]
+                                                          if manifest.get("stored_vectors") else [])
     staged = {}
     try:
-        for role, source in (("index", INDEX_FILE), ("ids", IDS_FILE)):
+        for role, source in roles:
             fd, tmp = tempfile.mkstemp(prefix=f".{names[role]}.", suffix=".tmp", dir=root)
             os.close(fd)
             shutil.copyfile(index_dir / source, tmp)
             staged[role] = Path(tmp)
         pub_manifest = {**manifest, "snapshot": snapshot, "published_from": str(index_dir),
                         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "files": {names["index"]: manifest["files"][INDEX_FILE],
-                                  names["ids"]: manifest["files"][IDS_FILE]}}
-        for role, source in (("index", INDEX_FILE), ("ids", IDS_FILE)):
+                        "files": {names[role]: manifest["files"][source] for role, source in roles},
+                        "stored_vectors": names["vectors"] if manifest.get("stored_vectors") else None}
+        for role, source in roles:
             if sha256_file(staged[role]) != manifest["files"][source]["sha256"]:
                 raise IndexIntegrityError(f"copy of {source} to {root} does not match its checksum; "
                                           "the published copy was left as it was")
-        for role in ("ids", "index"):
+        for role in [r for r, _ in reversed(roles)]:  # the index last: it is what readers look for
             os.replace(staged.pop(role), root / names[role])
         write_json_atomic(current, pub_manifest)
     finally:
