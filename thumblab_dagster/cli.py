@@ -37,9 +37,16 @@ def demo(date, niches):
 @click.option("--sample", default=200, show_default=True, help="Stored vectors to search again.")
 @click.option("--seed", default=0, show_default=True)
 def validate(index_dir, sample, seed):
-    """Prove an index directory's ids line up with its vectors; exit 1 on any mismatch."""
-    from thumblab_dagster.lib.validate import validate_index_dir
+    """Prove an index directory's ids line up with its vectors; exit 1 on any mismatch.
 
+    INDEX_DIR may also be a versioned root (with a ``current`` pointer): its live version is checked.
+    """
+    from thumblab_dagster.lib.validate import validate_index_dir
+    from thumblab_dagster.lib.versions import VersionedIndex
+
+    store = VersionedIndex(index_dir)
+    if store.pointer.exists():
+        index_dir = str(store.path(store.current() or ""))
     report = validate_index_dir(index_dir, sample=sample, seed=seed)
     summary = ", ".join(f"{k} {v}" for k, v in report.metrics.items())
     if report.passed:

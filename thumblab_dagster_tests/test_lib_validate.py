@@ -82,3 +82,12 @@ def test_cli_exit_status_and_names(tmp_path):
     bad = CliRunner().invoke(main, ["validate", str(tmp_path / "i")])
     assert bad.exit_code == 1
     assert "ids.npy sha256 differs" in bad.output and "id map 'v1', metadata 'v0'" in bad.output
+
+
+def test_cli_validates_the_current_version_of_a_versioned_root(tmp_path):
+    from thumblab_dagster.lib.versions import VersionedIndex
+
+    store = VersionedIndex(tmp_path / "lib")
+    store.build(unit(60), [f"v{i}" for i in range(60)], factory="Flat")
+    ok = CliRunner().invoke(main, ["validate", str(tmp_path / "lib")])
+    assert ok.exit_code == 0 and store.current() in ok.output
