@@ -159,9 +159,10 @@ class Searcher:
             hits.append(RangeHits(labels[order].astype(np.int64), dist[order].astype(np.float32)))
         return hits
 
-    def reconstruct(self, position: int) -> np.ndarray:
-        """The stored vector of a global position (exact when vectors are stored)."""
-        if self.stored is not None:
+    def reconstruct(self, position: int, from_codes: bool = False) -> np.ndarray:
+        """The vector of a global position: the stored float32 row when there is one, else (or
+        with ``from_codes``) what the index itself holds, decoded."""
+        if self.stored is not None and not from_codes:
             return np.asarray(self.stored[int(position)], dtype=np.float32)
         for part in self.parts:
             try:
