@@ -221,3 +221,17 @@ def test_published_compressed_index_keeps_exact_scores(tmp_path, collection):
     served = vi.load_published(tmp_path / "faiss_indices", "tech")
     sims, found = served.search(fresh[:20], 5)
     np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", fresh[:20], vectors[found]), atol=1e-5)
+
+
+def test_validator_catches_stored_vectors_out_of_step_with_codes(tmp_path, collection):
+    vectors, ids, _ = collection
+    build_index_dir(tmp_path / "pq", vectors[:5000], ids[:5000], factory="IVF16,PQ8", target_recall=0.9)
+    assert validate_index_dir(tmp_path / "pq").passed
+    path = tmp_path / "pq" / "vectors.npy"
+    np.save(path, np.roll(np.load(path), 1, axis=0))  # the re-rank rows shifted by one position
+    manifest = vi.read_manifest(tmp_path / "pq")
+    manifest["files"]["vectors.npy"] = {"sha256": vi.sha256_file(path), "bytes": path.stat().st_size}
+    (tmp_path / "pq" / "manifest.json").write_text(json.dumps(manifest))  # only the logic can tell now
+    report = validate_index_dir(tmp_path / "pq")
+    assert not report.passed
+    assert any("compressed codes are out of step with the stored vectors" in p for p in report.problems)
