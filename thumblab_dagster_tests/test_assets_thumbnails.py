@@ -83,6 +83,8 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     assert sorted(published.ids.tolist()) == sorted(want)
     assert published.manifest["snapshot"] == D2
     assert published.manifest["source_partitions"] == [D1, D2]
+    assert published.manifest["reference_scores"]["k"] == 10  # the percentile reference travels along
+    assert np.load(layout.published / "tech_reference_scores.npy").shape == (13,)
     assert meta(tech_d2, "niche_index")["ntotal"] == 13
     assert sorted(vector_index.load_published(layout.published, "gaming").ids.tolist()) == game
 

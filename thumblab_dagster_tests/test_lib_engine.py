@@ -235,3 +235,20 @@ def test_validator_catches_stored_vectors_out_of_step_with_codes(tmp_path, colle
     report = validate_index_dir(tmp_path / "pq")
     assert not report.passed
     assert any("compressed codes are out of step with the stored vectors" in p for p in report.problems)
+
+
+def test_reference_scores_are_leave_one_out_topk_means_and_get_published(tmp_path, collection):
+    vectors, ids, _ = collection
+    x = vectors[:2000]
+    manifest = build_index_dir(tmp_path / "f", x, ids[:2000], reference_k=10)
+    assert manifest["reference_scores"] == {"file": "reference_scores.npy", "k": 10, "sampled_rows": 2000}
+    stored = np.load(tmp_path / "f" / "reference_scores.npy", allow_pickle=False)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    want = np.sort(np.sort(sims, axis=1)[:, -10:].mean(axis=1))
+    np.testing.assert_allclose(stored, want, atol=1e-5)
+    assert validate_index_dir(tmp_path / "f").passed  # covered by the manifest's checksums
+    vi.publish(tmp_path / "f", tmp_path / "pub", "tech", snapshot="2026-11-21")
+    published = vi.read_manifest(tmp_path / "pub" / "tech_manifest.json")
+    assert published["reference_scores"]["file"] == "tech_reference_scores.npy"
+    np.testing.assert_array_equal(np.load(tmp_path / "pub" / "tech_reference_scores.npy"), stored)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from thumblab_dagster.lib.index_choice import choose_index
 from thumblab_dagster.lib.search import Searcher, is_exact, is_lossy, nlist_of, tunable_params
 from thumblab_dagster.lib.shards import labelled_part, plan_shards, write_sharded_dir
-from thumblab_dagster.lib.vector_index import METRICS, VECTORS_FILE, as_float32, write_index_dir
+from thumblab_dagster.lib.vector_index import METRICS, REFERENCE_FILE, VECTORS_FILE, as_float32, write_index_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
 EF_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 RERANK_STEPS = (1, 2, 4, 8, 16, 32, 64)
 ADD_QUANTIZER_EF = 256              # HNSW coarse quantizer effort when assigning vectors to lists
+REFERENCE_SAMPLE = 20_000            # rows whose leave-one-out top-k mean forms the percentile reference
 PLATEAU = 0.002                      # recall gained by the next step below which a search axis stops
 
 
@@ -368,6 +369,26 @@ def verify_recall(loaded, vectors, *, k: int = 10, n_queries: int = 200, seed: i
             "queries": len(rows), "recorded_recall": (manifest.get("tuning") or {}).get("recall_at_k_held_out")}
 
 
+def reference_scores(searcher: Searcher, source: VectorSource, k: int = 10, sample: int = REFERENCE_SAMPLE,
+                     seed: int = 0, batch: int = 4096) -> np.ndarray:
+    """Each sampled row's leave-one-out mean similarity to its top-k neighbours, sorted.
+
+    The similarity-percentile scorer (query side) ranks an upload's top-k mean against this
+    distribution with one binary search; a seeded sample of 20,000 rows pins a percentile to
+    well under one point.
+    """
+    rows = sample_rows(source.n, min(sample, source.n), seed + 3)
+    scores = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        sims, labels = searcher.search(source.take(chunk), k + 1)
+        for row, row_sims, row_labels in zip(chunk, sims, labels):
+            keep = (row_labels != row) & (row_labels >= 0)
+            if keep.any():
+                scores.append(float(np.mean(row_sims[keep][:k])))
+    return np.sort(np.asarray(scores, dtype=np.float32))
+
+
 def _range_margin(searcher: Searcher, queries: np.ndarray, k: int) -> float:
     """The largest gap seen between approximate and exact scores, with headroom (range search)."""
     raw_scores, labels = searcher._raw_search(queries, k * 4)
@@ -383,12 +404,14 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
                     metric: str = "inner_product", memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
                     target_recall: float = DEFAULT_TARGET_RECALL, k: int = 10, batch_size: int = DEFAULT_BATCH,
                     shard_size: int | None = None, seed: int = 0, tune_queries: np.ndarray | None = None,
+                    reference_k: int | None = None,
                     metadata=None, embedding: dict | None = None, source_partitions: list[str] | None = None,
                     extra: dict | None = None) -> dict:
     """Build, tune and atomically write an index directory (sharded with ``shard_size``).
 
     ``factory`` None lets ``choose_index`` pick for the size and ``memory_budget_bytes``
-    (the budget is per shard when sharded). Returns the manifest.
+    (the budget is per shard when sharded). ``reference_k`` also stores the sorted leave-one-out
+    top-k mean similarities (``reference_scores.npy``) for similarity percentiles. Returns the manifest.
     """
     source = open_source(vectors)
     ids = [str(i) for i in ids]
@@ -428,6 +451,15 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
             tuning = tune(Searcher(parts, metric, {}, rerank_vectors), factory, source, k=k,
                           target_recall=target_recall, queries=tune_queries, seed=seed)
             seconds["tune"] = time.perf_counter() - start
+        reference = None
+        if reference_k and metric == "inner_product" and source.n > 1:
+            start = time.perf_counter()
+            reference_path = target.parent / f".{target.name}.{os.getpid()}.reference.npy"
+            np.save(reference_path, reference_scores(Searcher(parts, metric, tuning.get("search_params", {}),
+                                                              rerank_vectors), source, k=reference_k, seed=seed),
+                    allow_pickle=False)
+            reference = {"file": REFERENCE_FILE, "k": reference_k, "sampled_rows": min(source.n, REFERENCE_SAMPLE)}
+            seconds["reference"] = time.perf_counter() - start
         del rerank_vectors
         manifest_extra = {
             "memory_budget_bytes": memory_budget_bytes,
@@ -438,9 +470,11 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
             "tuning": {key: v for key, v in tuning.items() if key not in ("search_params", "range_margin")},
             "range_margin": tuning.get("range_margin", 0.0),
             "stored_vectors": VECTORS_FILE if stored_path else None,
+            "reference_scores": reference,
             **(extra or {}),
         }
-        files = {VECTORS_FILE: stored_path} if stored_path else None
+        files = {**({VECTORS_FILE: stored_path} if stored_path else {}),
+                 **({REFERENCE_FILE: reference_path} if reference else {})} or None
         if shards is not None:
             return write_sharded_dir(target, parts, shards, ids, factory=factory, metric=metric, metadata=metadata,
                                      extra={"embedding": embedding or {},
@@ -452,3 +486,4 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
     finally:
         if stored_path is not None:
             stored_path.unlink(missing_ok=True)
+        (target.parent / f".{target.name}.{os.getpid()}.reference.npy").unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from thumblab_dagster.lib.youtube import YouTubeClient
 _default_log = logging.getLogger(__name__)
 
 INDEX_METRIC = "inner_product"
+PERCENTILE_K = 10  # neighbours averaged for the similarity percentile (reference stored with the index)
 
 
 # --- trending_videos ----------------------------------------------------------------------
@@ -205,7 +206,8 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
     directory = layout.index_dir(niche, date)
     manifest = build_index_dir(
         directory, window.vectors, window.ids, metric=INDEX_METRIC, memory_budget_bytes=settings.memory_budget_bytes,
-        target_recall=settings.target_recall, metadata=window.metadata, embedding=window.embedding,
+        target_recall=settings.target_recall, reference_k=PERCENTILE_K, metadata=window.metadata,
+        embedding=window.embedding,
         source_partitions=window.dates_used,
         extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS})
     log.info(f"{niche}: {manifest['factory']} over {manifest['ntotal']} vectors "

@@ -29,6 +29,7 @@ IDS_FILE = "ids.npy"
 METADATA_FILE = "metadata.parquet"
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.npy"  # float32 rows for exact re-rank, only beside compressed indices
+REFERENCE_FILE = "reference_scores.npy"  # sorted leave-one-out top-k mean similarities (percentiles)
 METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -196,7 +197,7 @@ def load_index_dir(directory: str | os.PathLike, verify: bool = True) -> LoadedI
 
 def published_names(name: str) -> dict:
     return {"index": f"{name}.index", "ids": f"{name}_ids.npy", "manifest": f"{name}_manifest.json",
-            "vectors": f"{name}_vectors.npy"}
+            "vectors": f"{name}_vectors.npy", "reference": f"{name}_reference_scores.npy"}
 
 
 @dataclass
@@ -230,8 +231,9 @@ def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name:
         if current_snapshot > snapshot:
             return PublishResult(False, f"published copy is from {current_snapshot}, newer than {snapshot}")
     # Compressed indices travel with their re-rank vectors, or readers would get approximate scores.
-    roles = [("index", INDEX_FILE), ("ids", IDS_FILE)] + ([("vectors", VECTORS_FILE)]
-                                                          if manifest.get("stored_vectors") else [])
+    roles = [("index", INDEX_FILE), ("ids", IDS_FILE)]
+    roles += [("vectors", VECTORS_FILE)] if manifest.get("stored_vectors") else []
+    roles += [("reference", REFERENCE_FILE)] if manifest.get("reference_scores") else []
     staged = {}
     try:
         for role, source in roles:
@@ -243,6 +245,8 @@ def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name:
                         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "files": {names[role]: manifest["files"][source] for role, source in roles},
                         "stored_vectors": names["vectors"] if manifest.get("stored_vectors") else None}
+        if manifest.get("reference_scores"):
+            pub_manifest["reference_scores"] = {**manifest["reference_scores"], "file": names["reference"]}
         for role, source in roles:
             if sha256_file(staged[role]) != manifest["files"][source]["sha256"]:
                 raise IndexIntegrityError(f"copy of {source} to {root} does not match its checksum; "
