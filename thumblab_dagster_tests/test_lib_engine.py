@@ -73,11 +73,15 @@ def test_too_few_vectors_for_the_lists_is_a_clear_error():
         train_points("IVF1024,Flat", 10_000)
 
 
-def test_ids_must_match_vectors(tmp_path, collection):
+def test_bad_build_input_is_a_clear_error_and_writes_nothing(tmp_path, collection):
     vectors, ids, _ = collection
     with pytest.raises(ValueError, match="1,000 vectors but 999 ids"):
         build_index_dir(tmp_path / "x", vectors[:1000], ids[:999])
-    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="'IVF12,Fast' is not a faiss factory string"):
+        build_index_dir(tmp_path / "x", vectors[:1000], ids[:1000], factory="IVF12,Fast")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        build_index_dir(tmp_path / "x", vectors[:1000], ids[:1000], metric="cosine")
+    assert not (tmp_path / "x").exists() and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("factory", ["IVF128,Flat", "HNSW32", "IVF64,PQ8"])

@@ -22,7 +22,6 @@ from thumblab_dagster.lib.search import RangeHits, Searcher
 from thumblab_dagster.lib.vector_index import (
     FORMAT_VERSION,
     MANIFEST_FILE,
-    METADATA_FILE,
     IndexIntegrityError,
     _describe_files,
     as_float32,
@@ -30,6 +29,7 @@ from thumblab_dagster.lib.vector_index import (
     load_index_dir,
     read_manifest,
     searcher_for,
+    write_sidecars,
 )
 
 ID_MAP_FILE = "id_map.json"
@@ -64,13 +64,7 @@ def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shard
         for shard, part in zip(shards, parts):
             faiss.write_index(part, str(tmp / shard["file"]))
         write_json_atomic(tmp / ID_MAP_FILE, {"ids": ids, "shards": shards})
-        names = [s["file"] for s in shards] + [ID_MAP_FILE]
-        if metadata is not None:
-            metadata.reset_index(drop=True).to_parquet(tmp / METADATA_FILE, index=False)
-            names.append(METADATA_FILE)
-        for name, path in (extra_files or {}).items():
-            os.replace(path, tmp / name)
-            names.append(name)
+        names = [s["file"] for s in shards] + [ID_MAP_FILE] + write_sidecars(tmp, metadata, extra_files)
         manifest = {"format_version": FORMAT_VERSION, "layout": SHARDED, "factory": factory, "metric": metric,
                     "dim": int(parts[0].d) if parts else 0, "ntotal": len(ids),
                     "shard_size": max((s["count"] for s in shards), default=0), "shards": shards,

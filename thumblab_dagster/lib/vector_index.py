@@ -65,6 +65,19 @@ def _describe_files(directory: Path, names: list[str]) -> dict:
     return {n: {"sha256": sha256_file(directory / n), "bytes": (directory / n).stat().st_size} for n in names}
 
 
+def write_sidecars(directory: Path, metadata: pd.DataFrame | None,
+                   extra_files: dict[str, os.PathLike] | None) -> list[str]:
+    """Row-ordered metadata and prepared files (moved in) beside an index; their names, for the manifest."""
+    names = []
+    if metadata is not None:
+        metadata.reset_index(drop=True).to_parquet(directory / METADATA_FILE, index=False)
+        names.append(METADATA_FILE)
+    for name, path in (extra_files or {}).items():
+        os.replace(path, directory / name)
+        names.append(name)
+    return names
+
+
 def write_index_dir(target: str | os.PathLike, index: faiss.Index, ids, *, factory: str, metric: str,
                     metadata: pd.DataFrame | None = None, embedding: dict | None = None,
                     source_partitions: list[str] | None = None, extra: dict | None = None,
@@ -82,13 +95,7 @@ def write_index_dir(target: str | os.PathLike, index: faiss.Index, ids, *, facto
     with atomic_dir(target) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         np.save(tmp / IDS_FILE, ids, allow_pickle=False)
-        names = [INDEX_FILE, IDS_FILE]
-        if metadata is not None:
-            metadata.reset_index(drop=True).to_parquet(tmp / METADATA_FILE, index=False)
-            names.append(METADATA_FILE)
-        for name, path in (extra_files or {}).items():
-            os.replace(path, tmp / name)
-            names.append(name)
+        names = [INDEX_FILE, IDS_FILE] + write_sidecars(tmp, metadata, extra_files)
         manifest = {
             "format_version": FORMAT_VERSION,
             "factory": factory,
