@@ -254,5 +254,6 @@ def test_reference_scores_are_leave_one_out_topk_means_and_get_published(tmp_pat
     assert validate_index_dir(tmp_path / "f").passed  # covered by the manifest's checksums
     vi.publish(tmp_path / "f", tmp_path / "pub", "tech", snapshot="2026-11-21")
     published = vi.read_manifest(tmp_path / "pub" / "tech_manifest.json")
-    assert published["reference_scores"]["file"] == "tech_reference_scores.npy"
+    assert vi.file_path(tmp_path / "pub", published, published["reference_scores"]["file"]).name == \
+        "tech_reference_scores.npy"
     np.testing.assert_array_equal(np.load(tmp_path / "pub" / "tech_reference_scores.npy"), stored)

@@ -54,7 +54,7 @@ def test_publish_never_goes_back_in_time_and_refuses_broken_dirs(tmp_path):
     out = tmp_path / "faiss_indices"
     assert vi.publish(new_dir, out, "tech", "2026-11-02").published
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(before) == {"tech.index", "tech_ids.npy", "tech_manifest.json"}
+    assert set(before) == {"tech.index", "tech_ids.npy", "tech_metadata.parquet", "tech_manifest.json"}
     result = vi.publish(old_dir, out, "tech", "2026-11-01")
     assert not result.published and "newer" in result.reason
     (new_dir / "index.faiss").write_bytes(b"corrupt")

@@ -34,6 +34,7 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 RANDOM_WEIGHTS = "none"
 SCHEMA_KEY = b"thumblab"
 EMBEDDING_COLUMN = "embedding"
+TITLE_EMBEDDING_COLUMN = "title_embedding"  # CLIP text-tower vector of each row's title (title percentiles)
 
 
 @dataclass(frozen=True)
@@ -210,16 +211,35 @@ def embed_texts(clip: LoadedClip, texts: Sequence[str], batch_size: int = 64) ->
 
 # --- the embeddings parquet -------------------------------------------------------------
 
-def write_embeddings(path: str | os.PathLike, frame: pd.DataFrame, vectors: np.ndarray,
-                     info: dict) -> Path:
-    """Write rows + their vectors (a fixed-size-list column) with ``info`` in the schema metadata."""
+def _vector_column(table: pa.Table, name: str, vectors: np.ndarray) -> pa.Table:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or len(vectors) != len(frame):
-        raise ValueError(f"{len(frame)} rows but vectors of shape {vectors.shape}")
+    if vectors.ndim != 2 or len(vectors) != len(table):
+        raise ValueError(f"{len(table)} rows but {name} vectors of shape {vectors.shape}")
     dim = vectors.shape[1]
-    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
     column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
-    table = table.append_column(pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), dim)), column)
+    return table.append_column(pa.field(name, pa.list_(pa.float32(), dim)), column)
+
+
+def _vectors_of(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    dim = column.type.list_size
+    if not len(table):
+        return np.empty((0, dim), dtype=np.float32)
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
+
+
+def write_embeddings(path: str | os.PathLike, frame: pd.DataFrame, vectors: np.ndarray,
+                     info: dict, title_vectors: np.ndarray | None = None) -> Path:
+    """Write rows + their vectors (a fixed-size-list column) with ``info`` in the schema metadata.
+
+    ``title_vectors`` (the rows' titles through CLIP's text tower) go in a second vector column.
+    """
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    table = _vector_column(table, EMBEDDING_COLUMN, vectors)
+    if title_vectors is not None:
+        table = _vector_column(table, TITLE_EMBEDDING_COLUMN, title_vectors)
+    dim = table.column(EMBEDDING_COLUMN).type.list_size
     meta = dict(table.schema.metadata or {})
     meta[SCHEMA_KEY] = json.dumps({**info, "dim": dim, "normalized": True}).encode()
     table = table.replace_schema_metadata(meta)
@@ -240,12 +260,14 @@ def read_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, 
         raise ValueError(f"{path} is not a thumblab embeddings file (no {EMBEDDING_COLUMN!r} column "
                          "or schema metadata): re-materialise thumbnail_embeddings")
     info = json.loads(raw)
-    column = table.column(EMBEDDING_COLUMN)
-    dim = column.type.list_size
-    if len(table):
-        flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        vectors = np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
-    else:
-        vectors = np.empty((0, dim), dtype=np.float32)
-    frame = table.drop_columns([EMBEDDING_COLUMN]).to_pandas()
+    vectors = _vectors_of(table, EMBEDDING_COLUMN)
+    frame = table.drop_columns([c for c in (EMBEDDING_COLUMN, TITLE_EMBEDDING_COLUMN)
+                                if c in table.column_names]).to_pandas()
     return frame, vectors, info
+
+
+def read_title_embeddings(path: str | os.PathLike) -> np.ndarray | None:
+    """The title vectors of an embeddings file, or None when it was written without them."""
+    if TITLE_EMBEDDING_COLUMN not in pq.read_schema(path).names:
+        return None
+    return _vectors_of(pq.read_table(path, columns=[TITLE_EMBEDDING_COLUMN]), TITLE_EMBEDDING_COLUMN)

@@ -18,12 +18,20 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 from thumblab_dagster.lib.index_choice import choose_index
 from thumblab_dagster.lib.search import Searcher, is_exact, is_lossy, nlist_of, tunable_params
 from thumblab_dagster.lib.shards import labelled_part, plan_shards, write_sharded_dir
-from thumblab_dagster.lib.vector_index import METRICS, REFERENCE_FILE, VECTORS_FILE, as_float32, write_index_dir
+from thumblab_dagster.lib.vector_index import (
+    METRICS,
+    REFERENCE_FILE,
+    VECTORS_FILE,
+    WEIGHTED_REFERENCE_FILE,
+    as_float32,
+    write_index_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -375,24 +383,53 @@ def verify_recall(loaded, vectors, *, k: int = 10, n_queries: int = 200, seed: i
             "queries": len(rows), "recorded_recall": (manifest.get("tuning") or {}).get("recall_at_k_held_out")}
 
 
+WEIGHTINGS = ("views_per_hour",)  # metadata columns a percentile may be weighted by (log1p of the value)
+
+
+def row_weights(metadata, weighting: str) -> np.ndarray:
+    """Per-row weights for a weighted percentile: log1p of a metadata column (missing or negative -> 0).
+
+    Build and query side both call this, so the reference and an upload are weighted alike.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weight {weighting!r}: use one of {', '.join(WEIGHTINGS)} or none")
+    if metadata is None or weighting not in metadata:
+        raise ValueError(f"weighting by {weighting!r} needs a {weighting!r} metadata column")
+    values = np.asarray(pd.to_numeric(metadata[weighting], errors="coerce"), dtype=np.float64)
+    return np.log1p(np.clip(np.nan_to_num(values, nan=0.0), 0.0, None))
+
+
+def weighted_mean(sims: np.ndarray, weights: np.ndarray | None) -> float:
+    """Mean of neighbour similarities, weighted when ``weights`` is given (all-zero weights: plain mean)."""
+    if weights is None or not np.any(weights > 0):
+        return float(np.mean(sims))
+    return float(np.dot(sims, weights) / np.sum(weights))
+
+
 def reference_scores(searcher: Searcher, source: VectorSource, k: int = 10, sample: int = REFERENCE_SAMPLE,
-                     seed: int = 0, batch: int = 4096) -> np.ndarray:
+                     seed: int = 0, batch: int = 4096,
+                     weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Each sampled row's leave-one-out mean similarity to its top-k neighbours, sorted.
 
     The similarity-percentile scorer (query side) ranks an upload's top-k mean against this
     distribution with one binary search; a seeded sample of 20,000 rows pins a percentile to
-    well under one point.
+    well under one point. With per-row ``weights`` the same neighbours also give a weighted
+    mean (each neighbour's similarity weighted by its own weight), returned second.
     """
     rows = sample_rows(source.n, min(sample, source.n), seed + 3)
-    scores = []
+    plain, weighted = [], []
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]
         sims, labels = searcher.search(source.take(chunk), k + 1)
         for row, row_sims, row_labels in zip(chunk, sims, labels):
             keep = (row_labels != row) & (row_labels >= 0)
             if keep.any():
-                scores.append(float(np.mean(row_sims[keep][:k])))
-    return np.sort(np.asarray(scores, dtype=np.float32))
+                top_sims, top_labels = row_sims[keep][:k], row_labels[keep][:k]
+                plain.append(float(np.mean(top_sims)))
+                if weights is not None:
+                    weighted.append(weighted_mean(top_sims, weights[top_labels]))
+    as_sorted = lambda values: np.sort(np.asarray(values, dtype=np.float32))  # noqa: E731
+    return as_sorted(plain), (as_sorted(weighted) if weights is not None else None)
 
 
 def _range_margin(searcher: Searcher, queries: np.ndarray, k: int) -> float:
@@ -406,18 +443,26 @@ def _range_margin(searcher: Searcher, queries: np.ndarray, k: int) -> float:
 
 # --- the one build entry point ------------------------------------------------------------
 
+def temp_file(target: Path, role: str) -> Path:
+    """Where a file bound for ``target`` is prepared (beside it, so the final move is a rename)."""
+    return target.parent / f".{target.name}.{os.getpid()}.{role}.npy"
+
+
 def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | None = None,
                     metric: str = "inner_product", memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
                     target_recall: float = DEFAULT_TARGET_RECALL, k: int = 10, batch_size: int = DEFAULT_BATCH,
                     shard_size: int | None = None, seed: int = 0, tune_queries: np.ndarray | None = None,
-                    reference_k: int | None = None,
+                    reference_k: int | None = None, reference_weights: np.ndarray | None = None,
+                    reference_weighting: str | None = None, extra_files: dict[str, os.PathLike] | None = None,
                     metadata=None, embedding: dict | None = None, source_partitions: list[str] | None = None,
                     extra: dict | None = None) -> dict:
     """Build, tune and atomically write an index directory (sharded with ``shard_size``).
 
     ``factory`` None lets ``choose_index`` pick for the size and ``memory_budget_bytes``
     (the budget is per shard when sharded). ``reference_k`` also stores the sorted leave-one-out
-    top-k mean similarities (``reference_scores.npy``) for similarity percentiles. Returns the manifest.
+    top-k mean similarities (``reference_scores.npy``) for similarity percentiles; with
+    ``reference_weights`` (one per row, named by ``reference_weighting``) also the weighted variant.
+    ``extra_files`` (name -> prepared file) are moved in and covered by the manifest. Returns the manifest.
     """
     source = open_source(vectors)
     ids = [str(i) for i in ids]
@@ -460,11 +505,19 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
         reference = None
         if reference_k and metric == "inner_product" and source.n > 1:
             start = time.perf_counter()
-            reference_path = target.parent / f".{target.name}.{os.getpid()}.reference.npy"
-            np.save(reference_path, reference_scores(Searcher(parts, metric, tuning.get("search_params", {}),
-                                                              rerank_vectors), source, k=reference_k, seed=seed),
-                    allow_pickle=False)
+            weights = None if reference_weights is None else np.asarray(reference_weights, dtype=np.float64)
+            if weights is not None and (weights.shape != (source.n,) or not np.all(np.isfinite(weights))
+                                        or np.any(weights < 0)):
+                raise ValueError(f"reference_weights must be {source.n:,} finite, non-negative numbers (one per "
+                                 f"vector), got shape {weights.shape}")
+            plain, weighted = reference_scores(Searcher(parts, metric, tuning.get("search_params", {}),
+                                                        rerank_vectors), source, k=reference_k, seed=seed,
+                                               weights=weights)
+            np.save(temp_file(target, "reference"), plain, allow_pickle=False)
             reference = {"file": REFERENCE_FILE, "k": reference_k, "sampled_rows": min(source.n, REFERENCE_SAMPLE)}
+            if weighted is not None:
+                np.save(temp_file(target, "weighted"), weighted, allow_pickle=False)
+                reference["weighted"] = {"file": WEIGHTED_REFERENCE_FILE, "weight": reference_weighting or "weight"}
             seconds["reference"] = time.perf_counter() - start
         del rerank_vectors
         manifest_extra = {
@@ -480,7 +533,10 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
             **(extra or {}),
         }
         files = {**({VECTORS_FILE: stored_path} if stored_path else {}),
-                 **({REFERENCE_FILE: reference_path} if reference else {})} or None
+                 **({REFERENCE_FILE: temp_file(target, "reference")} if reference else {}),
+                 **({WEIGHTED_REFERENCE_FILE: temp_file(target, "weighted")}
+                    if reference and "weighted" in reference else {}),
+                 **(extra_files or {})} or None
         if shards is not None:
             return write_sharded_dir(target, parts, shards, ids, factory=factory, metric=metric, metadata=metadata,
                                      extra={"embedding": embedding or {},
@@ -492,4 +548,5 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, *, factory: str | N
     finally:
         if stored_path is not None:
             stored_path.unlink(missing_ok=True)
-        (target.parent / f".{target.name}.{os.getpid()}.reference.npy").unlink(missing_ok=True)
+        for role in ("reference", "weighted"):
+            temp_file(target, role).unlink(missing_ok=True)

@@ -16,12 +16,22 @@ from datetime import datetime, timezone
 import numpy as np
 
 from thumblab_dagster.lib import index_stats, sample_source, vector_index
-from thumblab_dagster.lib.embedding import LoadedClip, embed_images, read_embeddings, write_embeddings
-from thumblab_dagster.lib.engine import DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, build_index_dir, verify_recall
+from thumblab_dagster.lib.embedding import LoadedClip, embed_images, embed_texts, read_embeddings, write_embeddings
+from thumblab_dagster.lib.engine import (
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_TARGET_RECALL,
+    build_index_dir,
+    open_source,
+    reference_scores,
+    row_weights,
+    temp_file,
+    verify_recall,
+)
 from thumblab_dagster.lib.files import write_json_atomic
 from thumblab_dagster.lib.images import fetch_images, reason_kind
 from thumblab_dagster.lib.layout import DataLayout
 from thumblab_dagster.lib.niches import WINDOW_DAYS, category_id
+from thumblab_dagster.lib.search import Searcher
 from thumblab_dagster.lib.trending import frame_from_items, read_trending, write_trending
 from thumblab_dagster.lib.validate import AlignmentReport, check_alignment
 from thumblab_dagster.lib.window import Window, load_window, window_dates
@@ -31,6 +41,9 @@ _default_log = logging.getLogger(__name__)
 
 INDEX_METRIC = "inner_product"
 PERCENTILE_K = 10  # neighbours averaged for the similarity percentile (reference stored with the index)
+PERCENTILE_WEIGHT = "views_per_hour"  # the weighted percentile's weight: log1p of this column
+TITLE_VECTORS_FILE = "title_vectors.npy"
+TITLE_REFERENCE_FILE = "title_reference_scores.npy"
 
 
 # --- trending_videos ----------------------------------------------------------------------
@@ -130,7 +143,9 @@ def embed_thumbnails(layout: DataLayout, niche: str, date: str, clip: LoadedClip
     vectors = embed_images(clip, images, batch_size,
                            progress=lambda done, total: log.info(f"embedded {done}/{total} thumbnails"))
     kept = frame.iloc[ok].reindex(columns=EMBEDDING_COLUMNS).reset_index(drop=True)
-    write_embeddings(layout.embeddings(niche, date), kept, vectors, clip.weights.as_dict())
+    # Titles through the text tower too: the query side scores an upload's title against them.
+    title_vectors = embed_texts(clip, kept["title"].fillna("").astype(str).tolist())
+    write_embeddings(layout.embeddings(niche, date), kept, vectors, clip.weights.as_dict(), title_vectors)
     reasons = Counter(reason_kind(reason) for _, reason in failed)
     return EmbeddingOutcome(embedded=len(ok), skipped=len(failed), skip_reasons=dict(reasons),
                             skipped_examples=[f"{v}: {r}" for v, r in failed[:10]],
@@ -204,12 +219,18 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
     if not window.ids:
         log.warning(f"the {niche} window ending {date} holds no vectors: writing an empty index")
     directory = layout.index_dir(niche, date)
-    manifest = build_index_dir(
-        directory, window.vectors, window.ids, metric=INDEX_METRIC, memory_budget_bytes=settings.memory_budget_bytes,
-        target_recall=settings.target_recall, reference_k=PERCENTILE_K, metadata=window.metadata,
-        embedding=window.embedding,
-        source_partitions=window.dates_used,
-        extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS})
+    title_files, titles = prepare_titles(directory, window.title_vectors)
+    try:
+        manifest = build_index_dir(
+            directory, window.vectors, window.ids, metric=INDEX_METRIC,
+            memory_budget_bytes=settings.memory_budget_bytes, target_recall=settings.target_recall,
+            reference_k=PERCENTILE_K, reference_weights=row_weights(window.metadata, PERCENTILE_WEIGHT),
+            reference_weighting=PERCENTILE_WEIGHT, extra_files=title_files, metadata=window.metadata,
+            embedding=window.embedding, source_partitions=window.dates_used,
+            extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS, "titles": titles})
+    finally:
+        for path in title_files.values():  # moved in on success; left-overs of a failed build
+            path.unlink(missing_ok=True)
     log.info(f"{niche}: {manifest['factory']} over {manifest['ntotal']} vectors "
              f"(budget {settings.memory_budget_bytes:,} bytes)")
     return IndexOutcome(ntotal=manifest["ntotal"], dim=manifest["dim"],
@@ -217,6 +238,25 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
                         build_seconds=manifest["build_seconds"], dates_used=window.dates_used,
                         missing_dates=window.missing_dates, excluded_dates=window.excluded_dates,
                         manifest=manifest)
+
+
+def prepare_titles(directory, title_vectors: np.ndarray | None) -> tuple[dict, dict | None]:
+    """Title vectors and their leave-one-out top-k reference, staged beside ``directory``.
+
+    Returns the files for ``build_index_dir(extra_files=)`` and the manifest's ``titles`` entry
+    (None when the window has no title vectors, e.g. files embedded before titles were).
+    """
+    if title_vectors is None or len(title_vectors) < 2:
+        return {}, None
+    vectors_path, reference_path = temp_file(directory, "titles"), temp_file(directory, "title-reference")
+    vectors_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(vectors_path, title_vectors, allow_pickle=False)
+    flat = vector_index.build_index(title_vectors)  # titles are few (<= 90 x 200): exact search
+    plain, _ = reference_scores(Searcher([flat]), open_source(title_vectors), k=PERCENTILE_K)
+    np.save(reference_path, plain, allow_pickle=False)
+    return ({TITLE_VECTORS_FILE: vectors_path, TITLE_REFERENCE_FILE: reference_path},
+            {"vectors": TITLE_VECTORS_FILE, "reference": TITLE_REFERENCE_FILE, "k": PERCENTILE_K,
+             "embedding": "CLIP text tower"})
 
 
 def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 200) -> AlignmentReport:

@@ -30,6 +30,7 @@ METADATA_FILE = "metadata.parquet"
 MANIFEST_FILE = "manifest.json"
 VECTORS_FILE = "vectors.npy"  # float32 rows for exact re-rank, only beside compressed indices
 REFERENCE_FILE = "reference_scores.npy"  # sorted leave-one-out top-k mean similarities (percentiles)
+WEIGHTED_REFERENCE_FILE = "reference_scores_weighted.npy"  # the same, neighbours weighted (e.g. by views)
 METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -148,7 +149,8 @@ def checksum_problems(directory: str | os.PathLike, manifest: dict) -> list[str]
 def searcher_for(parts: list[faiss.Index], manifest: dict, directory: Path) -> Searcher:
     """A searcher with the manifest's tuned parameters and, when stored, the re-rank vectors."""
     stored_name = manifest.get("stored_vectors")
-    stored = np.load(directory / stored_name, mmap_mode="r", allow_pickle=False) if stored_name else None
+    stored = (np.load(file_path(directory, manifest, stored_name), mmap_mode="r", allow_pickle=False)
+              if stored_name else None)
     return Searcher(parts, manifest.get("metric", "inner_product"), dict(manifest.get("search_params") or {}),
                     stored, float(manifest.get("range_margin") or 0.0))
 
@@ -202,9 +204,19 @@ def load_index_dir(directory: str | os.PathLike, verify: bool = True) -> LoadedI
 
 # --- the published copy the scoring service loads ----------------------------------------
 
+def published_name(name: str, file: str) -> str:
+    """``index.faiss`` -> ``<name>.index``; every other file -> ``<name>_<file>`` (``tech_ids.npy``)."""
+    return f"{name}.index" if file == INDEX_FILE else f"{name}_{file}"
+
+
 def published_names(name: str) -> dict:
-    return {"index": f"{name}.index", "ids": f"{name}_ids.npy", "manifest": f"{name}_manifest.json",
-            "vectors": f"{name}_vectors.npy", "reference": f"{name}_reference_scores.npy"}
+    return {"index": published_name(name, INDEX_FILE), "ids": published_name(name, IDS_FILE),
+            "manifest": published_name(name, MANIFEST_FILE)}
+
+
+def file_path(directory: str | os.PathLike, manifest: dict, file: str) -> Path:
+    """Where a file the manifest names by its index-directory name lives (published copies rename)."""
+    return Path(directory) / manifest.get("published_names", {}).get(file, file)
 
 
 @dataclass
@@ -237,35 +249,33 @@ def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name:
             current_snapshot = ""  # a broken published manifest is replaced
         if current_snapshot > snapshot:
             return PublishResult(False, f"published copy is from {current_snapshot}, newer than {snapshot}")
-    # Compressed indices travel with their re-rank vectors, or readers would get approximate scores.
-    roles = [("index", INDEX_FILE), ("ids", IDS_FILE)]
-    roles += [("vectors", VECTORS_FILE)] if manifest.get("stored_vectors") else []
-    roles += [("reference", REFERENCE_FILE)] if manifest.get("reference_scores") else []
+    # Every file the manifest covers travels: re-rank vectors, percentile references, metadata.
+    renamed = {file: published_name(name, file) for file in manifest["files"]}
     staged = {}
     try:
-        for role, source in roles:
-            fd, tmp = tempfile.mkstemp(prefix=f".{names[role]}.", suffix=".tmp", dir=root)
+        for file, target in renamed.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=root)
             os.close(fd)
-            shutil.copyfile(index_dir / source, tmp)
-            staged[role] = Path(tmp)
+            shutil.copyfile(index_dir / file, tmp)
+            staged[file] = Path(tmp)
         pub_manifest = {**manifest, "snapshot": snapshot, "published_from": str(index_dir),
                         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "files": {names[role]: manifest["files"][source] for role, source in roles},
-                        "stored_vectors": names["vectors"] if manifest.get("stored_vectors") else None}
-        if manifest.get("reference_scores"):
-            pub_manifest["reference_scores"] = {**manifest["reference_scores"], "file": names["reference"]}
-        for role, source in roles:
-            if sha256_file(staged[role]) != manifest["files"][source]["sha256"]:
-                raise IndexIntegrityError(f"copy of {source} to {root} does not match its checksum; "
+                        "published_names": renamed,
+                        "files": {renamed[file]: entry for file, entry in manifest["files"].items()}}
+        for file, tmp in staged.items():
+            if sha256_file(tmp) != manifest["files"][file]["sha256"]:
+                raise IndexIntegrityError(f"copy of {file} to {root} does not match its checksum; "
                                           "the published copy was left as it was")
-        for role in [r for r, _ in reversed(roles)]:  # the index last: it is what readers look for
-            os.replace(staged.pop(role), root / names[role])
+        # the index last among the data files, the manifest after everything: readers key on it
+        for file in sorted(staged, key=lambda f: f == INDEX_FILE):
+            os.replace(staged.pop(file), root / renamed[file])
         write_json_atomic(current, pub_manifest)
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
     return PublishResult(True, f"published {snapshot}",
-                         {role: str(root / n) for role, n in names.items()})
+                         {**{role: str(root / n) for role, n in names.items()},
+                          **{file: str(root / n) for file, n in renamed.items()}})
 
 
 def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True) -> LoadedIndex:

@@ -10,7 +10,7 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from thumblab_dagster.lib.embedding import read_embeddings
+from thumblab_dagster.lib.embedding import read_embeddings, read_title_embeddings
 from thumblab_dagster.lib.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class Window:
     dates_used: list[str]
     missing_dates: list[str] = field(default_factory=list)
     excluded_dates: dict[str, str] = field(default_factory=dict)
+    title_vectors: np.ndarray | None = None  # row-aligned title embeddings, when every date has them
 
 
 def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -> Window:
@@ -50,7 +51,7 @@ def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -
     """
     dates = sorted(set(dates) | {newest})
     _, _, ref_info = read_embeddings(layout.embeddings(niche, newest))  # raises a clear error if absent
-    frames, blocks, used, missing, excluded = [], [], [], [], {}
+    frames, blocks, title_blocks, used, missing, excluded = [], [], [], [], [], {}
     for d in dates:
         path = layout.embeddings(niche, d)
         if not path.exists():
@@ -65,6 +66,7 @@ def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -
             continue
         frames.append(frame.assign(date=d))
         blocks.append(vectors)
+        title_blocks.append(read_title_embeddings(path))
         used.append(d)
     dim = int(ref_info["dim"])
     if frames:
@@ -76,6 +78,10 @@ def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -
     keep = ~frame["video_id"].duplicated(keep="last").to_numpy()
     frame = frame.loc[keep].reset_index(drop=True)
     vectors = np.ascontiguousarray(vectors[keep], dtype=np.float32)
+    titles = None
+    if title_blocks and all(b is not None for b in title_blocks):
+        titles = np.ascontiguousarray(np.concatenate(title_blocks)[keep], dtype=np.float32)
     metadata = frame.reindex(columns=METADATA_COLUMNS)
     return Window(ids=frame["video_id"].astype(str).tolist(), vectors=vectors, metadata=metadata,
-                  embedding=ref_info, dates_used=used, missing_dates=missing, excluded_dates=excluded)
+                  embedding=ref_info, dates_used=used, missing_dates=missing, excluded_dates=excluded,
+                  title_vectors=titles)
