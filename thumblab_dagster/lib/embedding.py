@@ -49,6 +49,16 @@ class WeightsInfo:
         return asdict(self)
 
 
+def weights_identity(info: dict | None) -> tuple:
+    """What makes two embeddings comparable: the model and the weights actually loaded.
+
+    Random-initialised weights are seeded, so every random-init run of a model is alike,
+    whatever tag was asked for; loaded weights are named by the tag or checkpoint asked for.
+    """
+    info = info or {}
+    return (info.get("model"), info.get("pretrained") if info.get("loaded") else "random-init")
+
+
 def _is_random_request(pretrained: str | None) -> bool:
     return pretrained is None or str(pretrained).strip().lower() in ("", "none", "random")
 

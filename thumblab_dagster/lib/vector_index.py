@@ -118,15 +118,22 @@ def read_manifest(path: str | os.PathLike) -> dict:
     path = Path(path)
     manifest_path = path / MANIFEST_FILE if path.is_dir() else path
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = manifest_path.read_bytes()
     except FileNotFoundError:
         raise IndexIntegrityError(f"no manifest at {manifest_path}: the index was not written by "
                                   "thumblab or was only partly copied") from None
-    except json.JSONDecodeError as exc:
-        raise IndexIntegrityError(f"manifest {manifest_path} is not valid JSON ({exc})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexIntegrityError(f"manifest {manifest_path} has format_version "
-                                  f"{manifest.get('format_version')!r}; this reader understands "
+    return parse_manifest(raw, manifest_path)
+
+
+def parse_manifest(raw: bytes, source: os.PathLike | str) -> dict:
+    """A manifest from its bytes (readers that hash what they parse read the file once)."""
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexIntegrityError(f"manifest {source} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise IndexIntegrityError(f"manifest {source} has format_version {found!r}; this reader understands "
                                   f"{FORMAT_VERSION}")
     return manifest
 

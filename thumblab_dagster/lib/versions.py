@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from thumblab_dagster.lib.embedding import weights_identity
 from thumblab_dagster.lib.engine import build_index_dir
 from thumblab_dagster.lib.files import write_bytes_atomic
 from thumblab_dagster.lib.shards import SHARDED, load_any, write_sharded_dir
@@ -43,12 +44,6 @@ WRITER_KEYS = {"format_version", "factory", "metric", "dim", "ntotal", "files", 
 
 class VersionMismatchError(ValueError):
     """New vectors do not belong in this index (another model or dimension, or ids it holds)."""
-
-
-def embedding_identity(embedding: dict | None) -> tuple:
-    """What makes two vectors comparable: the same model and the same weights."""
-    embedding = embedding or {}
-    return embedding.get("model"), embedding.get("pretrained"), embedding.get("source")
 
 
 class VersionedIndex:
@@ -123,9 +118,9 @@ def add(store: VersionedIndex, vectors: np.ndarray, ids, *, embedding: dict | No
     if vectors.shape[1] != manifest["dim"]:
         raise VersionMismatchError(f"refusing to add {len(ids)} vectors of dimension {vectors.shape[1]} to version "
                                    f"{parent}, which holds {manifest['dim']}-d vectors: build a new index instead")
-    if embedding_identity(embedding) != embedding_identity(manifest.get("embedding")):
-        raise VersionMismatchError(f"refusing to add vectors from {embedding_identity(embedding)} to version {parent}, "
-                                   f"built from {embedding_identity(manifest.get('embedding'))}: similarities across "
+    if weights_identity(embedding) != weights_identity(manifest.get("embedding")):
+        raise VersionMismatchError(f"refusing to add vectors from {weights_identity(embedding)} to version {parent}, "
+                                   f"built from {weights_identity(manifest.get('embedding'))}: similarities across "
                                    "models are meaningless; build a new index instead")
     if len(ids) != len(vectors):
         raise VersionMismatchError(f"{len(vectors)} vectors but {len(ids)} ids")
