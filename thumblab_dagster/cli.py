@@ -1,5 +1,11 @@
-"""The ``thumblab`` command line. Only ``demo`` imports Dagster; the rest is lib/ alone."""
+"""The ``thumblab`` command line. Only ``demo`` imports Dagster; the rest is lib/ alone.
 
+Query commands (``score``, ``similar``, ``stats``) print a readable summary, or JSON with
+``--json``. Exit status: 0 answered from an index, 1 an error (the reason on one line),
+3 no index could answer and the default percentile was returned.
+"""
+
+import json
 import sys
 
 import click
@@ -56,6 +62,149 @@ def validate(index_dir, sample, seed):
     for problem in report.problems:
         click.echo(f"  - {problem}", err=True)
     sys.exit(1)
+
+
+# --- the query side -----------------------------------------------------------------------
+
+EXIT_DEFAULT = 3
+ROOT_OPTION = click.option("--root", type=click.Path(file_okay=False),
+                           help="Directory of published indices (default: $THUMBLAB_PUBLISH_DIR or "
+                                "$THUMBLAB_DATA_ROOT/faiss_indices).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+NICHE_OPTION = click.option("--niche", default="tech", show_default=True, help="The niche to compare with.")
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def library_at(root: str | None):
+    from thumblab_dagster.lib.layout import DataLayout
+    from thumblab_dagster.lib.reference import ReferenceLibrary
+
+    return ReferenceLibrary(root or DataLayout.from_env().published)
+
+
+def scorer_at(root: str | None):
+    import os
+
+    from thumblab_dagster.lib import embedding
+    from thumblab_dagster.lib.scoring import UploadScorer
+
+    clip = embedding.load_clip(os.environ.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
+                               os.environ.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
+                               os.environ.get("THUMBLAB_CLIP_DEVICE") or "auto")
+    return UploadScorer(library_at(root), clip)
+
+
+def read_upload(image_or_url: str):
+    """A local file or an http(s) URL you typed yourself (trusted: the CLI is not a service)."""
+    from thumblab_dagster.lib.images import FetchError, fetch_image
+
+    try:
+        return fetch_image(image_or_url)
+    except FetchError as exc:
+        fail(f"cannot read {image_or_url}: {exc}")
+
+
+def run_query(query):
+    """Run ``query()``, turning the caller's own mistakes into one-line errors."""
+    from thumblab_dagster.lib.reference import EmbeddingMismatchError
+
+    try:
+        return query()
+    except (EmbeddingMismatchError, ValueError) as exc:
+        fail(str(exc))
+
+
+def echo_similar(items) -> None:
+    for rank, item in enumerate(items, 1):
+        views = item.get("views_per_hour")
+        click.echo(f"  {rank:>2}. {item['video_id']}  {item['similarity']:.4f}  "
+                   f"{(item.get('title') or '')[:60]}" + (f"  ({views:,.0f} views/h)" if views is not None else ""))
+
+
+@main.command()
+@click.argument("image_or_url")
+@NICHE_OPTION
+@click.option("--weight", type=click.Choice(["views_per_hour"]), default=None,
+              help="Weight neighbours by log1p(views_per_hour): similar to *successful* thumbnails.")
+@ROOT_OPTION
+@JSON_OPTION
+def score(image_or_url, niche, weight, root, as_json):
+    """Similarity percentile (0-100) of a thumbnail in a niche, and its closest references."""
+    image = read_upload(image_or_url)
+    result = run_query(lambda: scorer_at(root).score_image(image, niche, weight=weight))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        p = result.percentile
+        click.echo(f"{niche}: percentile {p.percentile:.1f}" + (f" (top-{p.k} mean similarity {p.score:.4f})"
+                                                               if p.score is not None else ""))
+        click.echo(f"  source: {p.source}: {p.reason}")
+        echo_similar(result.similar)
+    if result.percentile.is_default:
+        click.echo(f"error: no index answered for {niche}: {result.percentile.reason}", err=True)
+        sys.exit(EXIT_DEFAULT)
+
+
+@main.command()
+@click.argument("image_or_url")
+@NICHE_OPTION
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000), help="How many references.")
+@ROOT_OPTION
+@JSON_OPTION
+def similar(image_or_url, niche, k, root, as_json):
+    """The references most similar to a thumbnail in a niche."""
+    image = read_upload(image_or_url)
+    found = run_query(lambda: scorer_at(root).similar_images(image, niche, k))
+    if as_json:
+        click.echo(json.dumps({"niche": niche, "source": found.source, "reason": found.reason,
+                               "version": found.version, "similar": list(found)}, indent=2))
+    else:
+        click.echo(f"{niche}: {len(found)} similar ({found.source}: {found.reason})")
+        echo_similar(found)
+    if found.source == "default":
+        click.echo(f"error: no index answered for {niche}: {found.reason}", err=True)
+        sys.exit(EXIT_DEFAULT)
+
+
+@main.command()
+@ROOT_OPTION
+@JSON_OPTION
+def stats(root, as_json):
+    """Every niche's published index: vectors, dimension, type, size, snapshot, model."""
+    library = library_at(root)
+    info = library.index_info()
+    if as_json:
+        click.echo(json.dumps({"root": str(library.root), "niches": info}, indent=2))
+        return
+    head = ["niche", "vectors", "dim", "type", "MB", "snapshot", "model"]
+    rows = [[n, str(i["num_vectors"]) if i["exists"] else "missing", str(i["dimension"] or "-"),
+             i["index_type"] or "-", f"{i['file_size_mb']:.2f}" if i["file_size_mb"] is not None else "-",
+             i["snapshot"] or "-", i.get("weights") or "-"] for n, i in info.items()]
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    click.echo(f"indices under {library.root}")
+    for r in [head, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@ROOT_OPTION
+def serve(host, port, root):
+    """The scoring HTTP service: /health, POST /v1/score, /internal/index-stats (docs at /docs)."""
+    import uvicorn
+
+    from thumblab_dagster.service import ServiceSettings, create_app
+
+    try:
+        settings = ServiceSettings.from_env(publish_dir=root)
+    except ValueError as exc:
+        fail(str(exc))
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,9 @@ import dagster as dg
 from pydantic import Field
 
 from thumblab_dagster.lib import embedding
-from thumblab_dagster.lib.layout import DataLayout
+from thumblab_dagster.lib.layout import DEFAULT_DATA_ROOT, DataLayout
 from thumblab_dagster.lib.thumbnail_pipeline import FetchSettings, IndexSettings, SourceSettings
 from thumblab_dagster.lib.youtube import DEFAULT_BASE_URL
-
-DEFAULT_DATA_ROOT = "thumblab_data"
 
 
 class StorageResource(dg.ConfigurableResource):

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_DATA_ROOT = "thumblab_data"
+
 
 @dataclass(frozen=True)
 class DataLayout:
@@ -16,6 +18,12 @@ class DataLayout:
     def at(cls, root: str | os.PathLike, publish_root: str | os.PathLike | None = None):
         return cls(Path(root).expanduser().absolute(),
                    Path(publish_root).expanduser().absolute() if publish_root else None)
+
+    @classmethod
+    def from_env(cls, environ=None):
+        """THUMBLAB_DATA_ROOT and THUMBLAB_PUBLISH_DIR, as the pipeline's storage resource reads them."""
+        env = os.environ if environ is None else environ
+        return cls.at(env.get("THUMBLAB_DATA_ROOT") or DEFAULT_DATA_ROOT, env.get("THUMBLAB_PUBLISH_DIR") or None)
 
     def trending(self, niche: str, date: str) -> Path:
         return self.root / "trending" / niche / f"{date}.parquet"
