@@ -350,16 +350,21 @@ class ReferenceLibrary:
         """The niche's serving version, loading a new one first if the manifest changed."""
         if not isinstance(niche, str) or not NICHE_NAME.match(niche):
             raise self._unknown(niche)
-        location = self._location(niche)  # no directory listing per query: the niche's own files
-        if location is None:
-            if niche not in self._declared:
-                raise self._unknown(niche)
-            raise NicheUnavailable(f"no index for niche {niche!r} under {self.root} (run the pipeline, or "
-                                   f"check THUMBLAB_PUBLISH_DIR)")
+        # One stat per query in the common (published) case; no directory listing.
+        published = self.root / published_names(niche)["manifest"]
         try:
-            key = _stat_key(location.watch)
+            key, location = _stat_key(published), Location("published", published, self.root)
         except FileNotFoundError:
-            key = None
+            location = self._location(niche)
+            if location is None:
+                if niche not in self._declared:
+                    raise self._unknown(niche) from None
+                raise NicheUnavailable(f"no index for niche {niche!r} under {self.root} (run the pipeline, or "
+                                       f"check THUMBLAB_PUBLISH_DIR)") from None
+            try:
+                key = _stat_key(location.watch)
+            except FileNotFoundError:
+                key = None
         slot = self._slot(niche)
         entry = slot.entry
         seen = slot.seen

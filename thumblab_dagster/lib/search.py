@@ -124,6 +124,8 @@ class Searcher:
         scores, labels = self._raw_search(queries, depth)
         if self.stored is not None:
             scores = self.rerank(queries, labels)
+        elif len(self.parts) == 1 and labels.shape[1] == k and not (labels < 0).any():
+            return scores, labels  # one part, nothing re-scored: faiss already ranked them
         return self._best(scores, labels, k)
 
     def range_search(self, queries: np.ndarray, threshold: float) -> list[RangeHits]:
