@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test dev install lint benchmark clean
+.PHONY: demo test dev serve install lint benchmark clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 ## The Dagster UI on http://127.0.0.1:3000 (runs, checks, schedule), reading workspace.yaml.
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## The scoring service on http://127.0.0.1:8000 (/health, POST /v1/score, /docs) over the published indices.
+serve: install
+	$(VENV)/bin/thumblab serve --host 127.0.0.1 --port 8000
 
 lint: install
 	$(VENV)/bin/ruff check thumblab_dagster thumblab_dagster_tests benchmarks
