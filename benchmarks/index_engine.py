@@ -39,6 +39,18 @@ def clustered(n: int, d: int, seed: int, clusters: int = 1000, spread: float = 0
         yield x
 
 
+def write_clustered(path: Path, n: int, d: int) -> None:
+    """``n`` clustered unit vectors into an .npy file, a block at a time (1M x 512 is 2 GB)."""
+    import numpy as np
+
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    start = 0
+    for block in clustered(n, d, seed=1):
+        out[start:start + len(block)] = block
+        start += len(block)
+    out.flush()
+
+
 def prepare(workdir: Path, n: int, d: int, n_queries: int) -> dict:
     import numpy as np
 
@@ -47,13 +59,7 @@ def prepare(workdir: Path, n: int, d: int, n_queries: int) -> dict:
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     data = data_dir / "emb.npy"
-    out = np.lib.format.open_memmap(data, mode="w+", dtype=np.float32, shape=(n, d))
-    start = 0
-    for block in clustered(n, d, seed=1):
-        out[start:start + len(block)] = block
-        start += len(block)
-    out.flush()
-    del out
+    write_clustered(data, n, d)
     queries = next(clustered(n_queries, d, seed=2))
     np.save(workdir / "queries.npy", queries)
     gt = exact_neighbours(NpyFileSource(data), queries, K, "inner_product")

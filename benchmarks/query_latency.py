@@ -24,18 +24,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from index_engine import clustered  # noqa: E402  (the same data as the engine benchmark)
+from index_engine import clustered, write_clustered  # noqa: E402  (the same data as the engine benchmark)
 
 D, K = 512, 10
-
-
-def write_vectors(path: Path, n: int) -> None:
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, D))
-    start = 0
-    for block in clustered(n, D, seed=1):
-        out[start:start + len(block)] = block
-        start += len(block)
-    out.flush()
 
 
 def build(workdir: Path, n: int, memory_mb: int) -> tuple[Path, dict, float]:
@@ -45,7 +36,7 @@ def build(workdir: Path, n: int, memory_mb: int) -> tuple[Path, dict, float]:
     from thumblab_dagster.lib.vector_index import publish
 
     vectors = workdir / "emb.npy"
-    write_vectors(vectors, n)
+    write_clustered(vectors, n, D)
     ids = [f"v{i:07d}" for i in range(n)]
     rng = np.random.default_rng(5)
     metadata = pd.DataFrame({"video_id": ids, "title": [f"video {i}" for i in range(n)],
