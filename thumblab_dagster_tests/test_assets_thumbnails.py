@@ -85,6 +85,9 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     assert published.manifest["source_partitions"] == [D1, D2]
     assert published.manifest["reference_scores"]["k"] == 10  # the percentile reference travels along
     assert np.load(layout.published / "tech_reference_scores.npy").shape == (13,)
+    assert np.load(layout.published / "tech_reference_scores_weighted.npy").shape == (13,)
+    assert published.manifest["titles"]["rows"] == 13  # every title, through the text tower
+    assert np.load(layout.published / "tech_title_vectors.npy").shape == (13, 512)
     assert meta(tech_d2, "niche_index")["ntotal"] == 13
     assert sorted(vector_index.load_published(layout.published, "gaming").ids.tolist()) == game
 

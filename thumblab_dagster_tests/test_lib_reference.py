@@ -217,3 +217,21 @@ def test_a_fresh_library_refuses_a_corrupt_index_with_a_reason(library, tmp_path
     (tmp_path / "pub" / "tech_ids.npy").write_bytes(b"garbage")
     result = ReferenceLibrary(tmp_path / "pub").similarity_percentile(vectors[0], "tech")
     assert result.is_default and "tech_ids.npy" in result.reason and "refused" in result.reason
+
+
+def test_title_vectors_of_older_files_are_skipped_not_fatal(tmp_path):
+    import pandas as pd
+
+    from thumblab_dagster.lib.embedding import write_embeddings
+    from thumblab_dagster.lib.layout import DataLayout
+    from thumblab_dagster.lib.window import load_window
+
+    layout = DataLayout.at(tmp_path)
+    info = {"model": "m", "pretrained": "none", "loaded": False}
+    for date, ids, with_titles in [("2026-11-20", ["a", "b", "c"], False), ("2026-11-21", ["c", "d"], True)]:
+        frame = pd.DataFrame({"video_id": ids, "title": ids})
+        vectors = unit(np.random.default_rng(len(ids)).normal(size=(len(ids), 8)))
+        write_embeddings(layout.embeddings("tech", date), frame, vectors, info, vectors if with_titles else None)
+    window = load_window(layout, "tech", ["2026-11-20", "2026-11-21"], newest="2026-11-21")
+    assert window.ids == ["a", "b", "c", "d"]
+    assert window.title_vectors.shape == (2, 8)  # c and d: the rows embedded with their titles

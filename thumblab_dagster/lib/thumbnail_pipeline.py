@@ -256,7 +256,7 @@ def prepare_titles(directory, title_vectors: np.ndarray | None) -> tuple[dict, d
     np.save(reference_path, plain, allow_pickle=False)
     return ({TITLE_VECTORS_FILE: vectors_path, TITLE_REFERENCE_FILE: reference_path},
             {"vectors": TITLE_VECTORS_FILE, "reference": TITLE_REFERENCE_FILE, "k": PERCENTILE_K,
-             "embedding": "CLIP text tower"})
+             "rows": int(len(title_vectors)), "embedding": "CLIP text tower"})
 
 
 def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 200) -> AlignmentReport:

@@ -39,7 +39,9 @@ class Window:
     dates_used: list[str]
     missing_dates: list[str] = field(default_factory=list)
     excluded_dates: dict[str, str] = field(default_factory=dict)
-    title_vectors: np.ndarray | None = None  # row-aligned title embeddings, when every date has them
+    # The titles' embeddings of the rows whose dates have them (files embedded before titles
+    # were do not): the title percentile's reference, not row-aligned with ``ids``.
+    title_vectors: np.ndarray | None = None
 
 
 def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -> Window:
@@ -66,7 +68,9 @@ def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -
             continue
         frames.append(frame.assign(date=d))
         blocks.append(vectors)
-        title_blocks.append(read_title_embeddings(path))
+        titles = read_title_embeddings(path)
+        title_blocks.append(titles if titles is not None else np.full((len(frame), vectors.shape[1]), np.nan,
+                                                                      dtype=np.float32))
         used.append(d)
     dim = int(ref_info["dim"])
     if frames:
@@ -78,9 +82,8 @@ def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -
     keep = ~frame["video_id"].duplicated(keep="last").to_numpy()
     frame = frame.loc[keep].reset_index(drop=True)
     vectors = np.ascontiguousarray(vectors[keep], dtype=np.float32)
-    titles = None
-    if title_blocks and all(b is not None for b in title_blocks):
-        titles = np.ascontiguousarray(np.concatenate(title_blocks)[keep], dtype=np.float32)
+    titles = np.concatenate(title_blocks)[keep] if title_blocks else np.empty((0, dim), np.float32)
+    titles = np.ascontiguousarray(titles[~np.isnan(titles).any(axis=1)], dtype=np.float32)
     metadata = frame.reindex(columns=METADATA_COLUMNS)
     return Window(ids=frame["video_id"].astype(str).tolist(), vectors=vectors, metadata=metadata,
                   embedding=ref_info, dates_used=used, missing_dates=missing, excluded_dates=excluded,
