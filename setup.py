@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(exclude=["thumblab_dagster_tests", "benchmarks"]),
+    package_data={"thumblab_dagster": ["sql/*.sql"]},
     python_requires=">=3.10",
     install_requires=[
         "dagster>=1.13,<1.14",
@@ -29,10 +30,13 @@ setup(
         "certifi>=2023.7",
         "pydantic>=2.5",
         "supabase>=2.4",
+        "psycopg[binary]>=3.1",
+        "pgvector>=0.2.4",
+        "fsspec>=2023.6",
         "rasterio>=1.3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.5"],
+        "dev": ["pytest>=8", "ruff>=0.5", "pgserver>=0.1.4"],
     },
     entry_points={"console_scripts": ["thumblab=thumblab_dagster.cli:main"]},
 )

@@ -1,0 +1,103 @@
+"""The shared reference store (Supabase: Postgres + pgvector): one interface, two transports.
+
+``ReferenceStore`` is what the pipeline and the query side use. Two implementations speak it:
+``supabase_sql.SqlStore`` (psycopg over ``SUPABASE_DB_URL``: bulk upserts, migrations) and
+``supabase_rest.RestStore`` (supabase-py over ``SUPABASE_URL`` + ``SUPABASE_KEY``: PostgREST
+and RPC). The schema ships with the package (``thumblab_dagster/sql/ref_thumbnails.sql``).
+Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+TABLE = "ref_thumbnails"
+MATCH_FUNCTION = "match_ref_thumbnails"
+REFERENCE_FUNCTION = "ref_thumbnails_reference_scores"
+# Every column but the vector, in table order; ``embedding`` (float32 array) rides beside them.
+COLUMNS = ["video_id", "niche", "title", "thumbnail_url", "views_per_hour", "view_count", "published_at",
+           "channel_title", "description", "model", "collected_at"]
+TIMESTAMP_COLUMNS = ("published_at", "collected_at")
+MATCH_COLUMNS = ["video_id", "similarity", "title", "thumbnail_url", "views_per_hour"]
+
+
+def render_schema(dim: int) -> str:
+    """The migration SQL for embeddings of ``dim`` dimensions."""
+    if not isinstance(dim, int) or not 1 <= dim <= 16000:
+        raise ValueError(f"--dim must be a whole number of dimensions between 1 and 16000, got {dim!r}")
+    text = resources.files("thumblab_dagster").joinpath("sql", "ref_thumbnails.sql").read_text()
+    return text.replace("{dim}", str(dim))
+
+
+def _clean(value):
+    """JSON- and SQL-ready scalars: NaN/NaT -> None, numpy -> Python, timestamps -> aware datetimes."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value
+
+
+def to_records(frame: pd.DataFrame, vectors: np.ndarray, model: str) -> list[dict]:
+    """One record per row: the table's columns (missing ones None) plus ``embedding`` (float32)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(frame) != len(vectors):
+        raise ValueError(f"{len(frame)} rows but {len(vectors)} vectors")
+    frame = frame.reset_index(drop=True).assign(model=model).reindex(columns=COLUMNS)
+    for column in TIMESTAMP_COLUMNS:
+        frame[column] = pd.to_datetime(frame[column], utc=True, errors="coerce")
+    records = []
+    for row, vector in zip(frame.itertuples(index=False), vectors):
+        record = {c: _clean(v) for c, v in zip(COLUMNS, row)}
+        record["view_count"] = None if record["view_count"] is None else int(record["view_count"])
+        record["embedding"] = vector
+        records.append(record)
+    return records
+
+
+def vector_literal(vector) -> str:
+    """pgvector's text form, ``[0.1,0.2,...]``, with enough digits to round-trip float32."""
+    return "[" + ",".join(format(float(x), ".9g") for x in np.asarray(vector, dtype=np.float32)) + "]"
+
+
+def parse_vector(text) -> np.ndarray:
+    """A pgvector value as PostgREST returns it (``"[0.1,0.2]"``), or a list, to float32."""
+    if isinstance(text, str):
+        text = [float(x) for x in text.strip().strip("[]").split(",") if x.strip()]
+    return np.asarray(text, dtype=np.float32)
+
+
+class ReferenceStore(Protocol):
+    """What the pipeline and the query side need of the shared store. ``name`` holds no secret."""
+
+    name: str
+
+    def upsert(self, records: list[dict], batch_size: int = 500) -> int:
+        """Insert or update by video_id (re-running a partition changes nothing); rows written."""
+
+    def delete_older_than(self, niche: str, cutoff: datetime) -> int:
+        """Delete the niche's rows with collected_at < cutoff; rows deleted."""
+
+    def count(self, niche: str) -> int: ...
+
+    def ids_between(self, niche: str, start: datetime, end: datetime) -> set[str]:
+        """Video ids of the niche with start <= collected_at < end."""
+
+    def match(self, vector: np.ndarray, niche: str, count: int) -> list[dict]:
+        """``match_ref_thumbnails``: dicts with MATCH_COLUMNS, most similar first."""
+
+    def reference_scores(self, niche: str, k: int, sample_size: int) -> np.ndarray:
+        """``ref_thumbnails_reference_scores``: leave-one-out top-k means of a fixed sample."""
+
+    def rows(self, niche: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, np.ndarray]:
+        """The niche's rows with start <= collected_at < end (COLUMNS, ordered by video_id) and their vectors."""
