@@ -8,7 +8,7 @@ from thumblab_dagster.assets.thumbnails import niche_index, thumbnail_embeddings
 from thumblab_dagster.lib import thumbnail_pipeline as pipeline
 from thumblab_dagster.lib.trending import read_trending
 from thumblab_dagster.partitions import date_and_niche, thumbnail_partitions
-from thumblab_dagster.resources import StorageResource
+from thumblab_dagster.resources import IndexEngineResource, StorageResource
 
 # Partitioned checks are a Dagster preview feature; we want per-partition results in the UI.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning)
@@ -21,10 +21,14 @@ INDEX_RECALL = "index_recall"
 
 
 @dg.asset_check(asset=niche_index, name=ID_MAP_ALIGNMENT, blocking=True, partitions_def=thumbnail_partitions)
-def id_map_alignment(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
-    """Every index row maps to the right video id; a failure keeps the index from being published."""
+def id_map_alignment(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                     index_engine: IndexEngineResource) -> dg.AssetCheckResult:
+    """Every index row maps to the right video id; a failure keeps the index from being published.
+
+    The window is re-read from where the index was built from: the parquet files, or Supabase's table.
+    """
     date, niche = date_and_niche(context.partition_key)
-    report = pipeline.check_niche_index(storage.layout, niche, date)
+    report = pipeline.check_niche_index(storage.layout, niche, date, store=index_engine.store())
     for problem in report.problems:
         context.log.error(problem)
     return dg.AssetCheckResult(passed=report.passed, metadata={
@@ -32,10 +36,11 @@ def id_map_alignment(context: dg.AssetCheckExecutionContext, storage: StorageRes
 
 
 @dg.asset_check(asset=niche_index, name=INDEX_RECALL, partitions_def=thumbnail_partitions)
-def index_recall(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:
+def index_recall(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                 index_engine: IndexEngineResource) -> dg.AssetCheckResult:
     """Warns when an approximate index misses its target recall@10 on fresh queries (exact ones pass)."""
     date, niche = date_and_niche(context.partition_key)
-    result = pipeline.check_niche_recall(storage.layout, niche, date)
+    result = pipeline.check_niche_recall(storage.layout, niche, date, store=index_engine.store())
     description = (f"exact {result['factory']} index: recall 1.0 by construction" if result["exact"] else
                    f"recall@10 {result['recall']:.3f} vs target {result['target_recall']} with {result['search_params']}")
     return dg.AssetCheckResult(passed=result["passed"], severity=dg.AssetCheckSeverity.WARN, description=description,

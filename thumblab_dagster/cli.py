@@ -80,10 +80,16 @@ def fail(message: str) -> None:
 
 
 def library_at(root: str | None):
+    """The published indices, with the shared store (Supabase) as the fallback when configured."""
     from thumblab_dagster.lib.layout import DataLayout
     from thumblab_dagster.lib.reference import ReferenceLibrary
+    from thumblab_dagster.lib.supabase_remote import remote_from_env
 
-    return ReferenceLibrary(root or DataLayout.from_env().published)
+    try:
+        remote = remote_from_env()
+    except ValueError as exc:
+        fail(str(exc))
+    return ReferenceLibrary(root or DataLayout.from_env().published, remote=remote)
 
 
 def scorer_at(root: str | None):
@@ -205,6 +211,41 @@ def serve(host, port, root):
     except ValueError as exc:
         fail(str(exc))
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+# --- Supabase -------------------------------------------------------------------------------
+
+DIM_OPTION = click.option("--dim", default=512, show_default=True, type=click.IntRange(1, 2000),
+                          help="Embedding dimension (ViT-B-32: 512, ViT-L-14: 768).")
+
+
+@main.command("supabase-schema")
+@DIM_OPTION
+def supabase_schema(dim):
+    """Print the SQL migration for Supabase's ref_thumbnails table (paste it into the SQL editor)."""
+    from thumblab_dagster.lib.supabase_store import render_schema
+
+    click.echo(render_schema(dim), nl=False)
+
+
+@main.command("supabase-migrate")
+@DIM_OPTION
+def supabase_migrate(dim):
+    """Apply the migration through $SUPABASE_DB_URL (a direct Postgres URL). Safe to run twice."""
+    import os
+
+    from thumblab_dagster.lib.supabase_sql import migrate
+
+    db_url = os.environ.get("SUPABASE_DB_URL")
+    if not db_url:
+        fail("SUPABASE_DB_URL is not set: set it to the project's direct Postgres URL (Supabase: Project "
+             "Settings > Database > Connection string), or paste `thumblab supabase-schema` into the SQL editor")
+    try:
+        result = migrate(db_url, dim)
+    except (ValueError, RuntimeError) as exc:
+        fail(str(exc))
+    click.echo(f"ref_thumbnails (vector({dim})) {'created' if result.get('created') else 'is up to date'}; "
+               "match_ref_thumbnails and ref_thumbnails_reference_scores in place")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ import warnings
 
 import dagster as dg
 
-from thumblab_dagster.lib.niches import NICHES, WINDOW_DAYS
+from thumblab_dagster.lib.niches import NICHES, TIMEZONE, WINDOW_DAYS
 
-TIMEZONE = "Australia/Hobart"
 START_DATE = "2026-01-01"
 
 # end_offset=1: the 03:00 tick on day D targets partition D (D's window is still open then).

@@ -12,7 +12,9 @@ import dagster as dg
 from pydantic import Field
 
 from thumblab_dagster.lib import embedding
+from thumblab_dagster.lib.index_upload import destination_for
 from thumblab_dagster.lib.layout import DEFAULT_DATA_ROOT, DataLayout
+from thumblab_dagster.lib.supabase_remote import SupabaseSettings
 from thumblab_dagster.lib.thumbnail_pipeline import FetchSettings, IndexSettings, SourceSettings
 from thumblab_dagster.lib.youtube import DEFAULT_BASE_URL
 
@@ -72,6 +74,34 @@ class ThumbnailFetchResource(dg.ConfigurableResource):
         return FetchSettings(self.max_workers, self.timeout_s, self.max_bytes)
 
 
+class SupabaseResource(dg.ConfigurableResource):
+    """The shared reference store: Postgres + pgvector behind Supabase (see README, "Supabase")."""
+
+    url: str | None = Field(default=None, description="SUPABASE_URL: the project's REST gateway.")
+    key: str | None = Field(default=None, description="SUPABASE_KEY (secret): a service-role key.")
+    db_url: str | None = Field(default=None, description="SUPABASE_DB_URL (secret): direct Postgres URL; "
+                               "preferred for bulk upserts and migrations.")
+    retention_days: int = Field(default=90, ge=1, description="Rows older than this many days are deleted.")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Rows per upsert batch.")
+
+    @property
+    def settings(self) -> SupabaseSettings:
+        return SupabaseSettings(self.url, self.key, self.db_url)
+
+    def store(self):
+        return self.settings.store()
+
+
+class IndexUploadResource(dg.ConfigurableResource):
+    """Where verified index directories are copied: supabase://<bucket>/<prefix> or an fsspec URL."""
+
+    url: str = Field(description="THUMBLAB_INDEX_UPLOAD_URL: supabase://bucket/prefix, s3://..., gs://..., file://...")
+    supabase: SupabaseResource | None = None
+
+    def destination(self):
+        return destination_for(self.url, self.supabase.settings if self.supabase else None)
+
+
 class IndexEngineResource(dg.ConfigurableResource):
     """How indices are chosen and tuned: a memory budget and the recall@10 they must prove."""
 
@@ -80,9 +110,17 @@ class IndexEngineResource(dg.ConfigurableResource):
     target_recall: float = Field(default=0.95, gt=0, le=1, description="recall@10 that tuning must reach "
                                  "on held-out queries (approximate indices only).")
 
+    source: str = Field(default="parquet", pattern="^(parquet|supabase)$", description="Build from the "
+                        "embeddings parquet files, or from Supabase's ref_thumbnails table (THUMBLAB_INDEX_SOURCE).")
+    supabase: SupabaseResource | None = None
+
     @property
     def settings(self) -> IndexSettings:
         return IndexSettings(memory_budget_bytes=self.memory_budget_mb * 1024 * 1024, target_recall=self.target_recall)
+
+    def store(self):
+        """The table to build from and check against, or None when building from parquet."""
+        return self.supabase.store() if self.source == "supabase" and self.supabase else None
 
 
 def _int_env(env, name: str, default: int) -> int:
@@ -95,6 +133,20 @@ def _int_env(env, name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number: set it to e.g. {default} or unset it") from None
 
 
+def supabase_from_env(env) -> SupabaseResource | None:
+    """The Supabase resource when SUPABASE_DB_URL, or SUPABASE_URL and SUPABASE_KEY, are set."""
+    settings = SupabaseSettings.from_env(env)
+    if settings.problems():
+        raise ValueError(settings.problems()[0])
+    if not settings.configured:
+        return None
+    # EnvVar: the UI shows the variables' names, never their values.
+    return SupabaseResource(url=env.get("SUPABASE_URL") or None,
+                            key=dg.EnvVar("SUPABASE_KEY") if env.get("SUPABASE_KEY") else None,
+                            db_url=dg.EnvVar("SUPABASE_DB_URL") if env.get("SUPABASE_DB_URL") else None,
+                            retention_days=_int_env(env, "THUMBLAB_SUPABASE_RETENTION_DAYS", 90))
+
+
 def resources_from_env(environ: dict | None = None) -> dict:
     env = os.environ if environ is None else environ
     source_kwargs = {
@@ -105,7 +157,7 @@ def resources_from_env(environ: dict | None = None) -> dict:
     if env.get("YOUTUBE_API_KEY"):
         # EnvVar: the UI shows the variable's name, never its value.
         source_kwargs["api_key"] = dg.EnvVar("YOUTUBE_API_KEY")
-    return {
+    resources = {
         "storage": StorageResource(data_root=env.get("THUMBLAB_DATA_ROOT") or DEFAULT_DATA_ROOT,
                                    publish_dir=env.get("THUMBLAB_PUBLISH_DIR") or None),
         "trending_source": TrendingSourceResource(**source_kwargs),
@@ -116,5 +168,17 @@ def resources_from_env(environ: dict | None = None) -> dict:
             batch_size=_int_env(env, "THUMBLAB_CLIP_BATCH_SIZE", 32)),
         "thumbnail_fetch": ThumbnailFetchResource(
             max_workers=_int_env(env, "THUMBLAB_FETCH_WORKERS", 8)),
-        "index_engine": IndexEngineResource(memory_budget_mb=_int_env(env, "THUMBLAB_INDEX_MEMORY_MB", 2048)),
     }
+    supabase = supabase_from_env(env)
+    source = (env.get("THUMBLAB_INDEX_SOURCE") or "parquet").strip().lower()
+    if source not in ("parquet", "supabase"):
+        raise ValueError(f"THUMBLAB_INDEX_SOURCE={source!r}: use parquet (default) or supabase")
+    if source == "supabase" and supabase is None:
+        raise ValueError("THUMBLAB_INDEX_SOURCE=supabase needs SUPABASE_DB_URL, or SUPABASE_URL and SUPABASE_KEY")
+    resources["index_engine"] = IndexEngineResource(memory_budget_mb=_int_env(env, "THUMBLAB_INDEX_MEMORY_MB", 2048),
+                                                    source=source, supabase=supabase if source == "supabase" else None)
+    if supabase is not None:
+        resources["supabase"] = supabase
+    if env.get("THUMBLAB_INDEX_UPLOAD_URL"):
+        resources["index_upload"] = IndexUploadResource(url=env["THUMBLAB_INDEX_UPLOAD_URL"], supabase=supabase)
+    return resources

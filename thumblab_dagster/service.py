@@ -24,6 +24,7 @@ from thumblab_dagster.lib.images import FetchError
 from thumblab_dagster.lib.layout import DataLayout
 from thumblab_dagster.lib.reference import EmbeddingMismatchError, NicheUnavailable, ReferenceLibrary, ScoreResult
 from thumblab_dagster.lib.scoring import UploadScorer
+from thumblab_dagster.lib.supabase_remote import SupabaseRemote, SupabaseSettings
 from thumblab_dagster.lib.untrusted_fetch import FetchPolicy, fetch_untrusted_image
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ServiceSettings:
     clip_device: str = "auto"
     internal_token: str | None = field(default=None, repr=False)  # a secret: never logged or shown
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    supabase: SupabaseSettings = field(default_factory=SupabaseSettings)  # the fallback, when configured
 
     @classmethod
     def from_env(cls, environ=None, publish_dir: str | None = None) -> ServiceSettings:
@@ -49,7 +51,8 @@ class ServiceSettings:
                    clip_model=env.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
                    clip_pretrained=env.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
                    clip_device=env.get("THUMBLAB_CLIP_DEVICE") or "auto",
-                   internal_token=env.get(TOKEN_ENV) or None, fetch=FetchPolicy.from_env(env))
+                   internal_token=env.get(TOKEN_ENV) or None, fetch=FetchPolicy.from_env(env),
+                   supabase=SupabaseSettings.from_env(env))
 
 
 # --- the wire format (this is also the OpenAPI schema) -------------------------------------
@@ -118,7 +121,8 @@ def _percentile(result: ScoreResult) -> Percentile:
 
 def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None = None) -> FastAPI:
     """The service over ``settings.publish_dir``; ``clip`` skips loading the model (tests)."""
-    library = ReferenceLibrary(settings.publish_dir)
+    remote = SupabaseRemote(settings.supabase.store()) if settings.supabase.configured else None
+    library = ReferenceLibrary(settings.publish_dir, remote=remote)
     state: dict = {}
 
     @asynccontextmanager

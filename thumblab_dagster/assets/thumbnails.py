@@ -66,30 +66,40 @@ def thumbnail_embeddings(context: dg.AssetExecutionContext, storage: StorageReso
     })
 
 
-@dg.asset(partitions_def=thumbnail_partitions, group_name=GROUP, kinds={"faiss"},
-          deps=[dg.AssetDep(thumbnail_embeddings, partition_mapping=reference_window_mapping)])
-def niche_index(context: dg.AssetExecutionContext, storage: StorageResource,
-                index_engine: IndexEngineResource) -> dg.MaterializeResult:
-    """FAISS index over the niche's de-duplicated embeddings of the last 90 dates."""
-    date, niche = date_and_niche(context.partition_key)
-    dates = window_dates_for_input(context, "thumbnail_embeddings")
-    outcome = pipeline.build_niche_index(storage.layout, niche, date, dates, log=context.log,
-                                         settings=index_engine.settings)
-    tuning = outcome.manifest.get("tuning") or {}
-    return dg.MaterializeResult(metadata={
-        "ntotal": outcome.ntotal,
-        "dim": outcome.dim,
-        "file_size_bytes": outcome.file_bytes,
-        "build_seconds": round(outcome.build_seconds, 4),
-        "dates_covered": len(outcome.dates_used),
-        "first_date": outcome.dates_used[0] if outcome.dates_used else "none",
-        "excluded_dates": outcome.excluded_dates or "none",
-        "factory": outcome.manifest["factory"],
-        "search_params": str(outcome.manifest.get("search_params") or "none (exact)"),
-        "recall_at_10_held_out": tuning.get("recall_at_k_held_out", 1.0),
-        "memory_budget_bytes": outcome.manifest["memory_budget_bytes"],
-        "path": dg.MetadataValue.path(str(storage.layout.index_dir(niche, date))),
-    })
+def niche_index_asset(extra_deps=()) -> dg.AssetsDefinition:
+    """``niche_index``; ``extra_deps`` when it builds from Supabase's table (which must be filled first)."""
+
+    @dg.asset(name="niche_index", partitions_def=thumbnail_partitions, group_name=GROUP, kinds={"faiss"},
+              deps=[dg.AssetDep(thumbnail_embeddings, partition_mapping=reference_window_mapping), *extra_deps])
+    def niche_index(context: dg.AssetExecutionContext, storage: StorageResource,
+                    index_engine: IndexEngineResource) -> dg.MaterializeResult:
+        """FAISS index over the niche's de-duplicated embeddings of the last 90 dates."""
+        date, niche = date_and_niche(context.partition_key)
+        dates = window_dates_for_input(context, "thumbnail_embeddings")
+        outcome = pipeline.build_niche_index(storage.layout, niche, date, dates, log=context.log,
+                                             settings=index_engine.settings, store=index_engine.store())
+        tuning = outcome.manifest.get("tuning") or {}
+        return dg.MaterializeResult(metadata={
+            "ntotal": outcome.ntotal,
+            "dim": outcome.dim,
+            "source": outcome.manifest.get("source", "parquet"),
+            "file_size_bytes": outcome.file_bytes,
+            "build_seconds": round(outcome.build_seconds, 4),
+            "dates_covered": len(outcome.dates_used),
+            "first_date": outcome.dates_used[0] if outcome.dates_used else "none",
+            "excluded_dates": outcome.excluded_dates or "none",
+            "factory": outcome.manifest["factory"],
+            "search_params": str(outcome.manifest.get("search_params") or "none (exact)"),
+            "recall_at_10_held_out": tuning.get("recall_at_k_held_out", 1.0),
+            "memory_budget_bytes": outcome.manifest["memory_budget_bytes"],
+            "title_reference_rows": (outcome.manifest.get("titles") or {}).get("rows", 0),
+            "path": dg.MetadataValue.path(str(storage.layout.index_dir(niche, date))),
+        })
+
+    return niche_index
+
+
+niche_index = niche_index_asset()
 
 
 @dg.asset(partitions_def=thumbnail_partitions, group_name=GROUP, deps=[niche_index], kinds={"faiss"})

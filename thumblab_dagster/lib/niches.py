@@ -12,6 +12,9 @@ NICHE_CATEGORY_IDS: dict[str, str] = {
 }
 NICHES: tuple[str, ...] = tuple(NICHE_CATEGORY_IDS)
 
+# Partition dates are days in Hobart (the daily run is at 03:00 there).
+TIMEZONE = "Australia/Hobart"
+
 # How many trailing dates of embeddings a niche's reference library covers.
 WINDOW_DAYS = 90
 

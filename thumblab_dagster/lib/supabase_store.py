@@ -24,13 +24,15 @@ REFERENCE_FUNCTION = "ref_thumbnails_reference_scores"
 COLUMNS = ["video_id", "niche", "title", "thumbnail_url", "views_per_hour", "view_count", "published_at",
            "channel_title", "description", "model", "collected_at"]
 TIMESTAMP_COLUMNS = ("published_at", "collected_at")
+MAX_HNSW_DIM = 2000
 MATCH_COLUMNS = ["video_id", "similarity", "title", "thumbnail_url", "views_per_hour"]
 
 
 def render_schema(dim: int) -> str:
     """The migration SQL for embeddings of ``dim`` dimensions."""
-    if not isinstance(dim, int) or not 1 <= dim <= 16000:
-        raise ValueError(f"--dim must be a whole number of dimensions between 1 and 16000, got {dim!r}")
+    if not isinstance(dim, int) or not 1 <= dim <= MAX_HNSW_DIM:
+        raise ValueError(f"--dim must be a whole number of dimensions between 1 and {MAX_HNSW_DIM} (pgvector's "
+                         f"HNSW limit), got {dim!r}")
     text = resources.files("thumblab_dagster").joinpath("sql", "ref_thumbnails.sql").read_text()
     return text.replace("{dim}", str(dim))
 

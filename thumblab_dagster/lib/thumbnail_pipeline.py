@@ -34,7 +34,7 @@ from thumblab_dagster.lib.niches import WINDOW_DAYS, category_id
 from thumblab_dagster.lib.search import Searcher
 from thumblab_dagster.lib.trending import frame_from_items, read_trending, write_trending
 from thumblab_dagster.lib.validate import AlignmentReport, check_alignment
-from thumblab_dagster.lib.window import Window, load_window, window_dates
+from thumblab_dagster.lib.window import Window, load_window, load_window_from_store, window_dates
 from thumblab_dagster.lib.youtube import YouTubeClient
 
 _default_log = logging.getLogger(__name__)
@@ -197,9 +197,14 @@ class IndexOutcome:
     manifest: dict = field(repr=False, default_factory=dict)
 
 
-def reference_window(layout: DataLayout, niche: str, date: str, dates: list[str] | None = None) -> Window:
-    """The rows a niche's index for ``date`` covers (the last WINDOW_DAYS dates by default)."""
-    return load_window(layout, niche, dates or window_dates(date, WINDOW_DAYS), newest=date)
+def reference_window(layout: DataLayout, niche: str, date: str, dates: list[str] | None = None,
+                     store=None) -> Window:
+    """The rows a niche's index for ``date`` covers (the last WINDOW_DAYS dates by default),
+    from the embeddings parquet files, or from the shared store's table when ``store`` is given."""
+    dates = dates or window_dates(date, WINDOW_DAYS)
+    if store is not None:
+        return load_window_from_store(store, niche, dates, newest=date)
+    return load_window(layout, niche, dates, newest=date)
 
 
 @dataclass(frozen=True)
@@ -210,10 +215,10 @@ class IndexSettings:
 
 
 def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str] | None = None,
-                      log=_default_log, settings: IndexSettings = IndexSettings()) -> IndexOutcome:
-    window = reference_window(layout, niche, date, dates)
+                      log=_default_log, settings: IndexSettings = IndexSettings(), store=None) -> IndexOutcome:
+    window = reference_window(layout, niche, date, dates, store)
     log.info(f"building the {niche} index for {date}: {len(window.ids)} unique videos from "
-             f"{len(window.dates_used)} dates")
+             f"{len(window.dates_used)} dates" + (f" in {store.name}" if store is not None else ""))
     for d, why in window.excluded_dates.items():
         log.warning(f"excluded {d}: {why}")
     if not window.ids:
@@ -227,7 +232,8 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
             reference_k=PERCENTILE_K, reference_weights=row_weights(window.metadata, PERCENTILE_WEIGHT),
             reference_weighting=PERCENTILE_WEIGHT, extra_files=title_files, metadata=window.metadata,
             embedding=window.embedding, source_partitions=window.dates_used,
-            extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS, "titles": titles})
+            extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS, "titles": titles,
+                   "source": store.name if store is not None else "parquet"})
     finally:
         for path in title_files.values():  # moved in on success; left-overs of a failed build
             path.unlink(missing_ok=True)
@@ -259,20 +265,21 @@ def prepare_titles(directory, title_vectors: np.ndarray | None) -> tuple[dict, d
              "rows": int(len(title_vectors)), "embedding": "CLIP text tower"})
 
 
-def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 200) -> AlignmentReport:
-    """Alignment of the built index with an independent re-read of its window."""
+def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 200,
+                      store=None) -> AlignmentReport:
+    """Alignment of the built index with an independent re-read of its window (parquet or table)."""
     directory = layout.index_dir(niche, date)
     try:
-        window = reference_window(layout, niche, date)
-    except (FileNotFoundError, ValueError) as exc:
+        window = reference_window(layout, niche, date, store=store)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         return AlignmentReport(False, [f"cannot re-read the window: {exc}"])
     return check_alignment(directory, window.ids, window.vectors, sample=sample)
 
 
-def check_niche_recall(layout: DataLayout, niche: str, date: str) -> dict:
+def check_niche_recall(layout: DataLayout, niche: str, date: str, store=None) -> dict:
     """Recall@10 of the built index against exact search over its window, on fresh queries."""
     loaded = vector_index.load_index_dir(layout.index_dir(niche, date))
-    window = reference_window(layout, niche, date)
+    window = reference_window(layout, niche, date, store=store)
     return verify_recall(loaded, window.vectors)
 
 

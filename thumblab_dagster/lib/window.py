@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date as Date
-from datetime import timedelta
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from thumblab_dagster.lib.embedding import read_embeddings, read_title_embeddings
+from thumblab_dagster.lib.embedding import info_from_label, read_embeddings, read_title_embeddings
 from thumblab_dagster.lib.layout import DataLayout
+from thumblab_dagster.lib.niches import TIMEZONE
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +90,39 @@ def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -
     return Window(ids=frame["video_id"].astype(str).tolist(), vectors=vectors, metadata=metadata,
                   embedding=ref_info, dates_used=used, missing_dates=missing, excluded_dates=excluded,
                   title_vectors=titles)
+
+
+def day_bounds(first_date: str, last_date: str) -> tuple[datetime, datetime]:
+    """[midnight of ``first_date``, midnight after ``last_date``) in Hobart, as aware datetimes."""
+    zone = ZoneInfo(TIMEZONE)
+    start = datetime.combine(Date.fromisoformat(first_date), datetime.min.time(), zone)
+    end = datetime.combine(Date.fromisoformat(last_date) + timedelta(days=1), datetime.min.time(), zone)
+    return start, end
+
+
+def load_window_from_store(store, niche: str, dates: list[str], newest: str) -> Window:
+    """The same window read from the shared store's table (rows collected within ``dates``).
+
+    A table already holds one row per video (upserts), so there is nothing to de-duplicate.
+    Rows embedded by another model than the newest row cannot share its index: they are left
+    out and counted in ``excluded_dates``.
+    """
+    dates = sorted(set(dates) | {newest})
+    start, end = day_bounds(dates[0], newest)
+    frame, vectors = store.rows(niche, start, end)
+    if not len(frame):
+        raise ValueError(f"{store.name} holds no {niche} rows collected {dates[0]}..{newest}: materialise "
+                         "supabase_ref_thumbnails for those dates first")
+    collected = pd.to_datetime(frame["collected_at"], utc=True)
+    model = frame["model"].iloc[int(np.argmax(collected.to_numpy()))]
+    keep = (frame["model"] == model).to_numpy()
+    excluded = {} if keep.all() else {"other models": f"{int((~keep).sum())} rows embedded with another model "
+                                                      f"than {model}"}
+    frame = frame.loc[keep].reset_index(drop=True)
+    frame["date"] = collected[keep].dt.tz_convert(TIMEZONE).dt.strftime("%Y-%m-%d").to_numpy()
+    vectors = np.ascontiguousarray(vectors[keep], dtype=np.float32)
+    used = sorted(frame["date"].unique())
+    return Window(ids=frame["video_id"].astype(str).tolist(), vectors=vectors,
+                  metadata=frame.reindex(columns=METADATA_COLUMNS),
+                  embedding={**info_from_label(model), "dim": int(vectors.shape[1])}, dates_used=used,
+                  missing_dates=[d for d in dates if d not in used], excluded_dates=excluded)
