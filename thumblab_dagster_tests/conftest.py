@@ -35,3 +35,28 @@ def resources(tmp_path, youtube):
         "thumbnail_fetch": ThumbnailFetchResource(max_workers=4, timeout_s=5.0, max_bytes=1024 * 1024),
         "index_engine": IndexEngineResource(),
     }
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real Postgres with pgvector (the pgserver package), on a unix socket, for the session."""
+    import pgserver
+
+    srv = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    yield srv.get_uri()
+    srv.cleanup()
+
+
+_databases = iter(range(10**6))
+
+
+@pytest.fixture
+def db_url(pg_server):
+    """A fresh, empty database per test: no test sees another's rows or schema."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = f"t{next(_databases)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    return make_conninfo(pg_server, dbname=name)

@@ -8,32 +8,13 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from thumblab_dagster.lib.supabase_sql import SqlStore, StoreError, migrate
 from thumblab_dagster.lib.supabase_store import COLUMNS, to_records
 
-pgserver = pytest.importorskip("pgserver")
-
 DIM = 16
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 _db_numbers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
-    yield srv.get_uri()
-    srv.cleanup()
-
-
-@pytest.fixture
-def db_url(server):
-    """A fresh, empty database per test: no test sees another's rows or schema."""
-    name = f"t{next(_db_numbers)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    return make_conninfo(server, dbname=name)
 
 
 @pytest.fixture
