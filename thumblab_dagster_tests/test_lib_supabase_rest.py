@@ -264,3 +264,40 @@ def test_key_never_reaches_logs_or_urls(fake, store, caplog, tmp_path):
     assert all(KEY not in r["raw_path"] for r in fake.requests)  # the key rides in headers only
     # HTTP/2's hpack logs header values (the apikey among them) at DEBUG: the store speaks HTTP/1.1
     assert store._http._transport._pool._http2 is False
+
+
+def test_an_index_directory_goes_to_supabase_storage_dated_then_latest(fake, tmp_path):
+    from thumblab_dagster.lib.index_upload import destination_for, upload_index_dir
+    from thumblab_dagster.lib.supabase_remote import SupabaseSettings
+    from thumblab_dagster.lib.vector_index import build_index, write_index_dir
+
+    vectors = np.random.default_rng(1).normal(size=(20, 4)).astype(np.float32)
+    write_index_dir(tmp_path / "idx", build_index(vectors), [f"v{i}" for i in range(20)], factory="Flat",
+                    metric="inner_product")
+    destination = destination_for("supabase://indexes/thumblab", SupabaseSettings(fake.base_url, KEY))
+    result = upload_index_dir(tmp_path / "idx", destination, "gaming", "2024-05-01")
+    assert result.latest == "supabase://indexes/thumblab/gaming/latest/"
+    for folder in ("2024-05-01", "latest"):
+        for name in ("index.faiss", "ids.npy", "manifest.json"):
+            assert fake.objects["indexes", f"thumblab/gaming/{folder}/{name}"][0] == (tmp_path / "idx" / name).read_bytes()
+    uploads = [r["path"] for r in fake.requests if r["method"] == "POST"]
+    assert uploads[2].endswith("2024-05-01/manifest.json") and uploads[-1].endswith("latest/manifest.json")
+    assert KEY not in repr(destination.__dict__)
+
+
+def test_the_library_falls_back_to_match_ref_thumbnails_over_rpc(fake, store, tmp_path):
+    from thumblab_dagster.lib.reference import ReferenceLibrary
+    from thumblab_dagster.lib.supabase_remote import SupabaseRemote
+
+    recs, vectors = records(40, niche="gaming", dim=8)
+    store.upsert(recs)
+    library = ReferenceLibrary(tmp_path, remote=SupabaseRemote(store))
+    found = library.similar(vectors[3], "gaming", k=3)
+    assert found.source == "remote" and found[0]["video_id"] == "v00003"
+    assert "searched by supabase (SUPABASE_URL)" in found.reason
+    score = library.similarity_percentile(vectors[3], "gaming")
+    assert score.source == "remote" and 0 <= score.percentile <= 100
+    rpc = [r for r in fake.requests if r["path"].startswith("/rest/v1/rpc/")]
+    assert {r["path"] for r in rpc} == {"/rest/v1/rpc/match_ref_thumbnails",
+                                        "/rest/v1/rpc/ref_thumbnails_reference_scores"}
+    assert library.similarity_percentile(vectors[3], "gaming", weight="views_per_hour").is_default
