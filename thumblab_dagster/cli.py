@@ -207,10 +207,10 @@ def serve(host, port, root):
     from thumblab_dagster.service import ServiceSettings, create_app
 
     try:
-        settings = ServiceSettings.from_env(publish_dir=root)
-    except ValueError as exc:
+        app = create_app(ServiceSettings.from_env(publish_dir=root))
+    except ValueError as exc:  # a bad THUMBLAB_FETCH_* or SUPABASE_* setting
         fail(str(exc))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 # --- Supabase -------------------------------------------------------------------------------

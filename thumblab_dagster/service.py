@@ -47,12 +47,15 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, environ=None, publish_dir: str | None = None) -> ServiceSettings:
         env = os.environ if environ is None else environ
+        supabase = SupabaseSettings.from_env(env)
+        if supabase.problems():
+            raise ValueError(supabase.problems()[0])
         return cls(publish_dir=publish_dir or str(DataLayout.from_env(env).published),
                    clip_model=env.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
                    clip_pretrained=env.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
                    clip_device=env.get("THUMBLAB_CLIP_DEVICE") or "auto",
                    internal_token=env.get(TOKEN_ENV) or None, fetch=FetchPolicy.from_env(env),
-                   supabase=SupabaseSettings.from_env(env))
+                   supabase=supabase)
 
 
 # --- the wire format (this is also the OpenAPI schema) -------------------------------------
