@@ -180,5 +180,6 @@ def resources_from_env(environ: dict | None = None) -> dict:
     if supabase is not None:
         resources["supabase"] = supabase
     if env.get("THUMBLAB_INDEX_UPLOAD_URL"):
-        resources["index_upload"] = IndexUploadResource(url=env["THUMBLAB_INDEX_UPLOAD_URL"], supabase=supabase)
+        # EnvVar: fsspec URLs may carry credentials (sftp://user:pass@..., signed query strings)
+        resources["index_upload"] = IndexUploadResource(url=dg.EnvVar("THUMBLAB_INDEX_UPLOAD_URL"), supabase=supabase)
     return resources

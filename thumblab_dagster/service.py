@@ -22,7 +22,13 @@ from pydantic import BaseModel, Field
 from thumblab_dagster.lib import embedding
 from thumblab_dagster.lib.images import FetchError
 from thumblab_dagster.lib.layout import DataLayout
-from thumblab_dagster.lib.reference import EmbeddingMismatchError, NicheUnavailable, ReferenceLibrary, ScoreResult
+from thumblab_dagster.lib.reference import (
+    NICHE_NAME,
+    EmbeddingMismatchError,
+    NicheUnavailable,
+    ReferenceLibrary,
+    ScoreResult,
+)
 from thumblab_dagster.lib.scoring import UploadScorer
 from thumblab_dagster.lib.supabase_remote import SupabaseRemote, SupabaseSettings
 from thumblab_dagster.lib.untrusted_fetch import FetchPolicy, fetch_untrusted_image
@@ -68,7 +74,9 @@ class ThumbnailIn(BaseModel):
 class ScoreRequest(BaseModel):
     title: str | None = Field(default=None, max_length=1000, description="The video title, scored with CLIP's text tower.")
     thumbnails: list[ThumbnailIn] = Field(min_length=1, max_length=MAX_THUMBNAILS)
-    category: str = Field(default="tech", description="The niche to compare with.", examples=["tech"])
+    category: str = Field(default="tech", max_length=64, pattern=NICHE_NAME.pattern,
+                          description="The niche to compare with (an unknown niche is scored 50.0, with a reason).",
+                          examples=["tech"])
 
 
 class Percentile(BaseModel):

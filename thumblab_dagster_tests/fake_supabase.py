@@ -134,6 +134,10 @@ class FakeSupabase:
             if column in RESERVED:
                 continue
             op, _, raw = expr.partition(".")
+            if op == "in" and column == "video_id" and raw.startswith("(") and raw.endswith(")"):
+                wanted = {v.strip('"') for v in raw[1:-1].split(",")}  # PostgREST list: in.(a,"b c")
+                rows = [r for r in rows if r["video_id"] in wanted]
+                continue
             if op not in OPS or column not in ALL or column == "embedding":
                 raise PgError(400, "PGRST100", f'"failed to parse filter ({expr})" (line 1, column 1)')
             value = parse_time(raw) if column in TIMESTAMPS else float(raw) if column in ("views_per_hour", "view_count") else raw

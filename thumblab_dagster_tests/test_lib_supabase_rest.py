@@ -230,8 +230,9 @@ def test_transient_failures_are_retried(fake, store):
     recs, _ = records(6)
     fake.fail_next(1, "drop")
     fake.fail_next(1, "503")
-    assert store.upsert(recs, batch_size=10) == 6  # POST retried: the upsert is idempotent
-    assert len(table_requests(fake, "POST")) == 3 and len(fake.rows) == 6
+    assert store.upsert(recs, batch_size=10) == 6  # the stored-times read before the POST is retried
+    assert len(table_requests(fake, "GET")) == 3 and len(table_requests(fake, "POST")) == 1
+    assert len(fake.rows) == 6
     fake.fail_next(2, "503")
     assert store.count("gaming") == 6
     fake.fail_next(3, "503")  # retries=2: the third failure surfaces
@@ -301,3 +302,14 @@ def test_the_library_falls_back_to_match_ref_thumbnails_over_rpc(fake, store, tm
     assert {r["path"] for r in rpc} == {"/rest/v1/rpc/match_ref_thumbnails",
                                         "/rest/v1/rpc/ref_thumbnails_reference_scores"}
     assert library.similarity_percentile(vectors[3], "gaming", weight="views_per_hour").is_default
+
+
+def test_an_older_collection_never_rolls_a_row_back(fake, store):
+    new, _ = records(4, start=T0 + timedelta(days=30), seed=1)
+    old, _ = records(4, start=T0, seed=2)
+    store.upsert(new)
+    before = fake.table()
+    store.upsert(old)  # a backfill of an older date
+    assert fake.table() == before
+    in_filter = [r for r in fake.requests if r["method"] == "GET" and "video_id" in r["query"]]
+    assert in_filter and in_filter[-1]["query"]["video_id"][0].startswith("in.(")

@@ -230,3 +230,20 @@ def test_a_malformed_url_is_refused_without_echoing_it():
     with pytest.raises(StoreError) as caught:
         SqlStore("postgresql://u:SECRET PW@host/db")
     assert "SECRET" not in str(caught.value) and caught.value.__cause__ is None
+
+
+def test_an_older_collection_never_rolls_a_row_back(store, db_url):
+    store.upsert(make_records(["a", "b"], "tech", T0 + timedelta(days=30), seed=1))
+    before = dump(db_url)
+    store.upsert(make_records(["a", "b"], "tech", T0, seed=2))  # a backfill of an older date
+    assert dump(db_url) == before
+    store.upsert(make_records(["a"], "tech", T0 + timedelta(days=31), seed=3))
+    assert dump(db_url)[0] != before[0] and dump(db_url)[1] == before[1]
+
+
+def test_the_table_is_closed_to_public_roles(store, db_url):
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("select relrowsecurity from pg_class where relname = 'ref_thumbnails'").fetchone()[0]
+        public_exec = conn.execute("select has_function_privilege('public', 'match_ref_thumbnails(vector, text, int)', "
+                                   "'execute')").fetchone()[0]
+    assert public_exec is False

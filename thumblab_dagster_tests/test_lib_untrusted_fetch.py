@@ -93,6 +93,8 @@ def test_default_policy_refuses_loopback_without_connecting(server):
     ("http://0.0.0.0/a.png", "unspecified"),
     ("http://[::ffff:169.254.169.254]/a.png", "link-local"),  # IPv4-mapped IPv6 is judged as its IPv4
     ("http://100.64.0.1/a.png", "non-global"),
+    ("http://[2002:a9fe:a9fe::1]/a.png", r"link-local \(tunnelled\)"),  # 6to4 around 169.254.169.254
+    ("http://[fec0::1]/a.png", "site-local"),
 ])
 def test_refuses_non_global_addresses(url, kind):
     with pytest.raises(FetchError, match=f"is an? {kind} address") as err:
@@ -187,3 +189,10 @@ def test_policy_from_env():
 def test_policy_from_env_rejects_bad_values(var, value):
     with pytest.raises(ValueError, match=f"{var}.*set it to"):
         FetchPolicy.from_env({var: value})
+
+
+def test_a_whole_fetch_has_a_time_limit(server):
+    # Per-read timeouts alone let a byte-a-second server hold a worker for hours; the limit spans it all.
+    policy = FetchPolicy(allowed_private=("127.0.0.1",), total_timeout_s=1e-9)
+    with pytest.raises(FetchError, match="timed out|took too long"):
+        fetch_untrusted_image(server.base + "/png", policy)

@@ -126,6 +126,8 @@ def test_category_defaults_to_tech_and_an_unknown_niche_falls_back_with_a_reason
     {"thumbnails": [{"url": "http://x/y.png"}]},
     {"thumbnails": []},
     {"thumbnails": [{"id": str(i), "url": "http://x/y.png"} for i in range(11)]},
+    {"category": "../../etc", "thumbnails": [{"id": "a", "url": "http://x/y.png"}]},
+    {"category": "x" * 65, "thumbnails": [{"id": "a", "url": "http://x/y.png"}]},
 ])
 def test_a_malformed_body_is_a_422(service, body):
     resp = score(service[0], body)

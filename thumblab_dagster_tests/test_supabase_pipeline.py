@@ -92,7 +92,7 @@ def test_daily_refresh_fills_the_table_keeps_it_clean_and_uploads_the_index(tmp_
         for video_id, vector in zip(frame["video_id"], vectors):
             stored = np.asarray(rows[video_id][6].strip("[]").split(","), dtype=np.float32)
             np.testing.assert_allclose(stored, vector, atol=1e-7)
-            assert rows[video_id][5] == "ViT-B-32/random-init"
+            assert rows[video_id][5] == "ViT-B-32|random-init"
 
         before = table(secret_db_url)
         again = run(defs, f"{D}|tech", instance)

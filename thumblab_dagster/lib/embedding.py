@@ -59,15 +59,18 @@ def weights_identity(info: dict | None) -> tuple:
     return (info.get("model"), info.get("pretrained") if info.get("loaded") else "random-init")
 
 
+LABEL_SEPARATOR = "|"  # model names (hf-hub:org/name) and checkpoint paths hold "/", never "|"
+
+
 def weights_label(info: dict | None) -> str:
-    """``weights_identity`` as one string (``ViT-B-32/laion2b_s34b_b79k``, ``ViT-B-32/random-init``),
+    """``weights_identity`` as one string (``ViT-B-32|laion2b_s34b_b79k``, ``ViT-B-32|random-init``),
     for stores that keep a model column beside each vector."""
-    return "/".join(str(part) for part in weights_identity(info))
+    return LABEL_SEPARATOR.join(str(part) for part in weights_identity(info))
 
 
 def info_from_label(label: str) -> dict:
     """The inverse of ``weights_label``: enough of a ``WeightsInfo`` dict to compare identities."""
-    model, _, weights = str(label).partition("/")
+    model, _, weights = str(label).partition(LABEL_SEPARATOR)
     if weights == "random-init":
         return {"model": model, "pretrained": RANDOM_WEIGHTS, "loaded": False, "source": "random-init"}
     return {"model": model, "pretrained": weights, "loaded": True, "source": weights}

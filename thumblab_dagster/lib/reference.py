@@ -48,6 +48,7 @@ DEFAULT_PERCENTILE = 50.0
 NICHE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # niche names become file names: no paths
 SIMILAR_COLUMNS = ("title", "thumbnail_url", "views_per_hour")
 SELF_MATCH = 1.0 - 1e-5  # a neighbour this similar is the query itself (float32 rounding of 1.0)
+RETRY_TRANSIENT_S = 30.0  # a version that failed to load for a passing reason is tried again after this
 
 
 class EmbeddingMismatchError(ValueError):
@@ -56,6 +57,10 @@ class EmbeddingMismatchError(ValueError):
 
 class NicheUnavailable(Exception):
     """The local index cannot answer for a niche; ``str()`` says why (a fallback reason)."""
+
+
+class TransientLoadError(NicheUnavailable):
+    """A load that may succeed if tried again (files swapped mid-load, no memory, no file handles)."""
 
 
 class RemoteSearch(Protocol):
@@ -184,9 +189,11 @@ class NicheIndex:
             raise NicheUnavailable(f"the {self.niche} index ({self.version}) has no percentile reference: "
                                    "rebuild it with reference_k")
         if k != self.reference_k:
-            raise ValueError(f"the {self.niche} reference was built from top-{self.reference_k} neighbours; "
-                             f"ask with k={self.reference_k} (got k={k})")
+            raise NicheUnavailable(f"the {self.niche} reference was built from top-{self.reference_k} neighbours, "
+                                   f"not {k}: rebuild the index or ask with k={self.reference_k}")
         sims, positions = self.scoring_neighbours(vector, k)
+        if not len(sims):
+            raise NicheUnavailable(f"the {self.niche} index ({self.version}) returned no neighbours")
         if weight is None:
             value, reference = float(np.mean(sims)), self.reference
         else:
@@ -215,6 +222,11 @@ class NicheIndex:
         sims = sims[0][1:k + 1] if sims[0][0] >= SELF_MATCH and len(sims[0]) > 1 else sims[0][:k]
         value = float(np.mean(sims))
         return value, percentile_of(value, self.title_reference)
+
+
+def _remote_why(exc: Exception) -> str:
+    """A remote failure for a reason field (which HTTP clients see): what kind, not hosts or SQL."""
+    return str(exc) if isinstance(exc, (LookupError, ValueError)) else f"{type(exc).__name__}; see the service log"
 
 
 def percentile_of(value: float, reference: np.ndarray) -> float:
@@ -266,14 +278,16 @@ def _load_version(niche: str, location: Location, version: str, manifest: dict, 
         title_vectors = load_array(titles_entry["vectors"])
         titles = faiss.IndexFlatIP(title_vectors.shape[1])
         titles.add(np.ascontiguousarray(title_vectors, dtype=np.float32))
+    reference, weighted = load_array(reference_entry.get("file")), load_array(weighted_entry.get("file"))
+    title_reference = load_array(titles_entry.get("reference"))
+    # Every file is read by now: if one was swapped meanwhile, this version may be a mix. Retry later.
     if _file_stats(directory, manifest) != before:
-        raise NicheUnavailable(f"the {niche} files changed while version {version} was loading (a publish in "
-                               "progress); the next query tries again")
+        raise TransientLoadError(f"the {niche} files changed while version {version} was loading (a publish "
+                                 "in progress); the next query tries again")
     return NicheIndex(
         niche=niche, version=version, manifest=manifest, directory=directory, index=loaded, metadata=metadata,
-        reference=load_array(reference_entry.get("file")), weighted_reference=load_array(weighted_entry.get("file")),
-        weights=weights, titles=titles, title_reference=load_array(titles_entry.get("reference")),
-        load_ms=(time.perf_counter() - start) * 1000.0)
+        reference=reference, weighted_reference=weighted, weights=weights, titles=titles,
+        title_reference=title_reference, load_ms=(time.perf_counter() - start) * 1000.0)
 
 
 def _original_names(manifest: dict) -> set:
@@ -291,6 +305,7 @@ class _Slot:
     entry: NicheIndex | None = None
     seen: tuple | None = None                      # (watched file's stat key, manifest sha)
     refused: dict[str, str] = field(default_factory=dict)
+    retry_at: dict[str, float] = field(default_factory=dict)   # version -> monotonic time of the next try
 
 
 class ReferenceLibrary:
@@ -359,8 +374,9 @@ class ReferenceLibrary:
             if location is None:
                 if niche not in self._declared:
                     raise self._unknown(niche) from None
-                raise NicheUnavailable(f"no index for niche {niche!r} under {self.root} (run the pipeline, or "
-                                       f"check THUMBLAB_PUBLISH_DIR)") from None
+                log.info("no index for %s under %s", niche, self.root)
+                raise NicheUnavailable(f"no index for niche {niche!r} (run the pipeline, or check "
+                                       "THUMBLAB_PUBLISH_DIR)") from None
             try:
                 key = _stat_key(location.watch)
             except FileNotFoundError:
@@ -392,15 +408,25 @@ class ReferenceLibrary:
         if version in slot.refused:
             slot.seen = (key, version)
             return self._keep_serving(niche, slot, slot.refused[version], log_it=False)
+        if time.monotonic() < slot.retry_at.get(version, 0.0):
+            return self._keep_serving(niche, slot, f"version {version} of {niche} failed to load a moment ago",
+                                      log_it=False)
         try:
             entry = _load_version(niche, location, version, manifest, directory)
-        except NicheUnavailable as exc:  # transient (files swapped mid-load): not remembered
-            return self._keep_serving(niche, slot, str(exc))
-        except (IndexIntegrityError, OSError, ValueError, RuntimeError, KeyError) as exc:
-            reason = f"version {version} of {niche} refused: {exc}"
+        except (IndexIntegrityError, ValueError, KeyError) as exc:  # the files themselves are wrong (first:
+            # IndexIntegrityError is a RuntimeError)
+            log.error("version %s of %s at %s refused: %s", version, niche, directory, exc)
+            reason = f"version {version} of {niche} refused: {str(exc).replace(str(directory), '<index dir>')}"
             slot.refused[version], slot.seen = reason, (key, version)
             self._count("refused")
             return self._keep_serving(niche, slot, reason)
+        except (TransientLoadError, OSError, MemoryError, RuntimeError) as exc:
+            # may pass (a publish mid-way, file handles, memory; faiss raises RuntimeError for I/O):
+            # try again later, not on every query (verifying a large index is not free)
+            slot.retry_at[version] = time.monotonic() + RETRY_TRANSIENT_S
+            why = str(exc).replace(str(directory), "<index dir>")
+            return self._keep_serving(niche, slot, f"version {version} of {niche} could not be loaded "
+                                                   f"({type(exc).__name__}: {why}); retrying in {RETRY_TRANSIENT_S:.0f} s")
         old = slot.entry
         slot.entry, slot.seen = entry, (key, version)
         self._count("loads")
@@ -473,7 +499,8 @@ class ReferenceLibrary:
                 log.warning("%s: %s", niche, reason)
                 return ScoreResult(round(pct, 4), "remote", reason, niche, k, weight)
             except Exception as exc:  # any remote failure becomes the next fallback, never the caller's
-                local_reason = f"{local_reason}; {self.remote.name} failed ({type(exc).__name__}: {exc})"
+                log.warning("%s: %s failed: %s: %s", niche, self.remote.name, type(exc).__name__, exc)
+                local_reason = f"{local_reason}; {self.remote.name} failed ({_remote_why(exc)})"
         reason = f"{local_reason}; default {DEFAULT_PERCENTILE} returned"
         log.warning("%s: %s", niche, reason)
         return ScoreResult(DEFAULT_PERCENTILE, "default", reason, niche, k, weight)
@@ -495,7 +522,8 @@ class ReferenceLibrary:
                 log.warning("%s: %s", niche, reason)
                 return SimilarResult(items, source="remote", reason=reason)
             except Exception as exc:
-                local_reason = f"{local_reason}; {self.remote.name} failed ({type(exc).__name__}: {exc})"
+                log.warning("%s: %s failed: %s: %s", niche, self.remote.name, type(exc).__name__, exc)
+                local_reason = f"{local_reason}; {self.remote.name} failed ({_remote_why(exc)})"
         log.warning("%s: %s; no similar references", niche, local_reason)
         return SimilarResult([], source="default", reason=f"{local_reason}; no similar references")
 

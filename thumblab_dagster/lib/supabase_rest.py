@@ -147,12 +147,24 @@ class RestStore:
         # one statement per batch: Postgres refuses to update a row twice in it (21000), so the last record wins
         unique = list({r["video_id"]: {k: _json(v) for k, v in r.items()} for r in records}.values())
         for start in range(0, len(unique), batch_size):
-            batch = unique[start:start + batch_size]
+            batch = self._not_older(unique[start:start + batch_size])
+            if not batch:
+                continue
             # return=minimal: the representation would echo every embedding back
             query = self._table().upsert(batch, on_conflict="video_id", returning=ReturnMethod.minimal)
             self._call(f"upsert into {TABLE}", query.execute)
         log.info("upserted %d rows into %s", len(unique), TABLE)
         return len(unique)
+
+    def _not_older(self, batch: list[dict]) -> list[dict]:
+        """Drop records older than the stored row: the newest collection wins, as in SqlStore's upsert
+        (PostgREST's upsert has no conditional update, so the stored times are read first)."""
+        ids = [r["video_id"] for r in batch]
+        query = self._table().select("video_id,collected_at").in_("video_id", ids)
+        stored = {row["video_id"]: pd.Timestamp(row["collected_at"])
+                  for row in self._call(f"select from {TABLE}", query.execute).data}
+        return [r for r in batch if r["video_id"] not in stored or r["collected_at"] is None
+                or pd.Timestamp(r["collected_at"]) >= stored[r["video_id"]]]
 
     def delete_older_than(self, niche: str, cutoff: datetime) -> int:
         query = (self._table().delete(count=CountMethod.exact, returning=ReturnMethod.minimal)

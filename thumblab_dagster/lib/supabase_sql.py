@@ -27,8 +27,12 @@ from thumblab_dagster.lib.supabase_store import (
 )
 
 _ALL = [*COLUMNS, "embedding"]
+STATEMENT_TIMEOUT_MS = 60_000
 _UPSERT = (f"insert into {TABLE} ({', '.join(_ALL)}) values ({', '.join(['%s'] * len(_ALL))}) "
-           f"on conflict (video_id) do update set " + ", ".join(f"{c} = excluded.{c}" for c in _ALL[1:]))
+           f"on conflict (video_id) do update set " + ", ".join(f"{c} = excluded.{c}" for c in _ALL[1:])
+           # the newest collection wins: backfilling an old date must not roll rows back (and then
+           # let retention delete videos that are still in the live window)
+           + f" where {TABLE}.collected_at <= excluded.collected_at")
 _DIM_SQL = f"select atttypmod from pg_attribute where attrelid = to_regclass('{TABLE}') and attname = 'embedding'"
 
 
@@ -61,8 +65,11 @@ def _connect(db_url: str, connect_timeout_s: float, autocommit: bool = True) -> 
     where = _where(db_url)
     try:
         # prepare_threshold=None: Supabase's transaction pooler cannot hold server-side prepared statements
+        # statement_timeout + keepalives: a hung pooler or a partition fails the call instead of
+        # blocking every query behind the shared connection
         conn = psycopg.connect(db_url, connect_timeout=max(1, round(connect_timeout_s)), autocommit=autocommit,
-                               prepare_threshold=None)
+                               prepare_threshold=None, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                               keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
     except psycopg.Error as err:
         raise StoreError(f"cannot connect to Postgres at {where}: {_scrub(str(err), db_url)}") from None
     return conn

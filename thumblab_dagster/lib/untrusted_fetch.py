@@ -13,6 +13,7 @@ import math
 import os
 import re
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -52,6 +53,7 @@ class FetchPolicy:
     read_timeout_s: float = 5.0
     max_bytes: int = DEFAULT_MAX_BYTES
     max_redirects: int = 3
+    total_timeout_s: float = 15.0  # the whole fetch, redirects included: a byte-a-second server cannot hold a worker
     _allowed: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,7 +62,8 @@ class FetchPolicy:
             entries = tuple(e.strip() for e in entries.split(",") if e.strip())
         object.__setattr__(self, "allowed_private", tuple(entries))
         object.__setattr__(self, "_allowed", tuple(_allow_entry(e) for e in entries))
-        if not (self.connect_timeout_s > 0 and self.read_timeout_s > 0 and self.max_bytes > 0 and self.max_redirects >= 0):
+        if not (self.connect_timeout_s > 0 and self.read_timeout_s > 0 and self.total_timeout_s > 0
+                and self.max_bytes > 0 and self.max_redirects >= 0):
             raise ValueError("timeouts and max_bytes must be positive, max_redirects non-negative")
 
     def allows(self, host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -135,9 +138,13 @@ def _parse(url: str) -> _Target:
 
 
 def _non_global_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
-        if getattr(ip, f"is_{kind}"):
+    for kind in ("unspecified", "loopback", "link_local", "site_local", "multicast", "private", "reserved"):
+        if getattr(ip, f"is_{kind}", False):
             return kind.replace("_", "-")
+    if ip.version == 6:  # 6to4 and Teredo carry an IPv4 address a gateway may route to
+        embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None and _non_global_kind(embedded):
+            return f"{_non_global_kind(embedded)} (tunnelled)"
     return None if ip.is_global else "non-global"  # e.g. 100.64.0.0/10 carrier-grade NAT
 
 
@@ -161,7 +168,7 @@ def _resolve(t: _Target, policy: FetchPolicy) -> str:
     return addrs[0]
 
 
-def _read(resp: urllib3.BaseHTTPResponse, max_bytes: int) -> tuple[str | None, bytes]:
+def _read(resp: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float) -> tuple[str | None, bytes]:
     """(redirect location, b"") or (None, body) for one response, enforcing status, type and byte cap."""
     if resp.status in REDIRECT_CODES and resp.headers.get("Location"):
         return resp.headers["Location"], b""
@@ -175,6 +182,8 @@ def _read(resp: urllib3.BaseHTTPResponse, max_bytes: int) -> tuple[str | None, b
         raise FetchError(f"{int(declared):,} bytes exceeds the {max_bytes:,}-byte cap")
     chunks, size = [], 0
     for chunk in resp.stream(_CHUNK, decode_content=False):
+        if time.monotonic() > deadline:
+            raise FetchError("took too long (total time limit)")
         size += len(chunk)
         if size > max_bytes:  # stop at once: a lying or absent Content-Length must not fill memory
             raise FetchError(f"body exceeds the {max_bytes:,}-byte cap")
@@ -182,14 +191,15 @@ def _read(resp: urllib3.BaseHTTPResponse, max_bytes: int) -> tuple[str | None, b
     return None, b"".join(chunks)
 
 
-def _get(t: _Target, ip: str, policy: FetchPolicy) -> tuple[str | None, bytes]:
+def _get(t: _Target, ip: str, policy: FetchPolicy, deadline: float) -> tuple[str | None, bytes]:
     """One GET to the validated ``ip``; urllib3 pools ignore proxy env vars and retry nothing here."""
     where = f"{t.host}:{t.port}"
     tls = {}
     if t.scheme == "https":  # certificate and SNI are checked against the name, not the IP we dial
         tls = dict(server_hostname=t.host, assert_hostname=t.host, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where())
     pool_cls = urllib3.HTTPSConnectionPool if t.scheme == "https" else urllib3.HTTPConnectionPool
-    timeout = urllib3.Timeout(connect=policy.connect_timeout_s, read=policy.read_timeout_s)
+    left = max(deadline - time.monotonic(), 0.001)
+    timeout = urllib3.Timeout(connect=min(policy.connect_timeout_s, left), read=min(policy.read_timeout_s, left))
     # identity encoding: a gzip body could inflate far past max_bytes, and images are compressed anyway
     headers = {"Host": t.host_header, "User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"}
     try:
@@ -197,7 +207,7 @@ def _get(t: _Target, ip: str, policy: FetchPolicy) -> tuple[str | None, bytes]:
             resp = pool.urlopen("GET", t.path, headers=headers, redirect=False, retries=False,
                                 preload_content=False, decode_content=False, assert_same_host=False)
             try:
-                return _read(resp, policy.max_bytes)
+                return _read(resp, policy.max_bytes, deadline)
             finally:
                 resp.close()
     except NewConnectionError:  # a ConnectTimeoutError subclass, so it goes first
@@ -216,9 +226,10 @@ def _get(t: _Target, ip: str, policy: FetchPolicy) -> tuple[str | None, bytes]:
 
 def fetch_untrusted_image(url: str, policy: FetchPolicy = FetchPolicy()) -> Image.Image:
     """Fetch and decode one image from an untrusted http(s) URL; every failure is a ``FetchError``."""
+    deadline = time.monotonic() + policy.total_timeout_s
     for _hop in range(policy.max_redirects + 1):
         target = _parse(url)
-        location, body = _get(target, _resolve(target, policy), policy)
+        location, body = _get(target, _resolve(target, policy), policy, deadline)
         if location is None:
             return decode_image(body, None)
         url = urljoin(url, location)  # re-parsed and re-validated on the next hop

@@ -8,6 +8,7 @@ every other file. Readers verify the manifest before ``faiss.read_index`` and lo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -235,6 +236,24 @@ class PublishResult:
 
 def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name: str,
             snapshot: str) -> PublishResult:
+    """Copy a verified index directory to ``<root>/<name>.index`` + ``<name>_ids.npy`` (+ sidecars).
+
+    ``snapshot`` orders builds (the partition date): an older build never replaces a newer
+    one. Publishers of one name take turns (an exclusive lock beside the copy), so parallel
+    backfill runs cannot interleave their files or let an older snapshot land last.
+    """
+    root = Path(publish_root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.publish.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _publish_locked(index_dir, root, name, snapshot)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _publish_locked(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name: str,
+                    snapshot: str) -> PublishResult:
     """Copy a verified index directory to ``<root>/<name>.index`` + ``<name>_ids.npy``.
 
     ``snapshot`` orders builds (the partition date): an older build never replaces a newer

@@ -57,3 +57,21 @@ as $$
           order by md5(t.video_id)
           limit sample_size) s;
 $$;
+
+-- Supabase grants the public anon/authenticated roles access to new tables in "public": the
+-- reference library is written by the pipeline's service role (which bypasses row-level
+-- security) only. Add a select policy for the roles that should read it.
+alter table ref_thumbnails enable row level security;
+revoke execute on function match_ref_thumbnails(vector, text, int) from public;
+revoke execute on function ref_thumbnails_reference_scores(text, int, int) from public;
+do $$
+begin
+    if exists (select 1 from pg_roles where rolname = 'anon') then
+        revoke all on ref_thumbnails from anon, authenticated;
+        revoke execute on function match_ref_thumbnails(vector, text, int) from anon, authenticated;
+        revoke execute on function ref_thumbnails_reference_scores(text, int, int) from anon, authenticated;
+        grant execute on function match_ref_thumbnails(vector, text, int) to service_role;
+        grant execute on function ref_thumbnails_reference_scores(text, int, int) to service_role;
+    end if;
+end
+$$;
