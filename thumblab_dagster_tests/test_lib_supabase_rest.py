@@ -313,3 +313,15 @@ def test_an_older_collection_never_rolls_a_row_back(fake, store):
     assert fake.table() == before
     in_filter = [r for r in fake.requests if r["method"] == "GET" and "video_id" in r["query"]]
     assert in_filter and in_filter[-1]["query"]["video_id"][0].startswith("in.(")
+
+
+def test_newest_model_reads_the_latest_row(fake, store):
+    assert store.newest_model("gaming") is None
+    old, _ = records(3, start=T0)
+    new, _ = records(2, prefix="w", start=T0 + timedelta(days=1))
+    for r in new:
+        r["model"] = "ViT-L-14|openai"
+    store.upsert(old + new)
+    assert store.newest_model("gaming") == "ViT-L-14|openai"
+    last = [r for r in fake.requests if r["method"] == "GET"][-1]["query"]
+    assert last["order"] == ["collected_at.desc"] and last["limit"] == ["1"]

@@ -13,7 +13,8 @@ from thumblab_dagster.definitions import build_definitions
 from thumblab_dagster.lib import vector_index
 from thumblab_dagster.lib.embedding import read_embeddings
 from thumblab_dagster.lib.index_upload import FsspecDestination, UploadError, upload_index_dir
-from thumblab_dagster.lib.reference import ReferenceLibrary
+from thumblab_dagster.lib.reference import EmbeddingMismatchError, ReferenceLibrary
+from thumblab_dagster.lib.scoring import UploadScorer
 from thumblab_dagster.lib.supabase_remote import SupabaseRemote
 from thumblab_dagster.lib.supabase_sql import SqlStore, migrate
 from thumblab_dagster.resources import (
@@ -151,7 +152,7 @@ def test_a_missing_local_index_falls_back_to_the_table_and_says_so(tmp_path, db_
     frame = pd.DataFrame({"video_id": ids, "niche": "tech", "title": ids, "views_per_hour": 1.0,
                           "collected_at": pd.Timestamp("2026-11-19T03:00Z")})
     with SqlStore(db_url) as store:
-        store.upsert(to_records(frame, vectors, "m"))
+        store.upsert(to_records(frame, vectors, "ViT-B-32|random-init"))
         remote = ReferenceLibrary(tmp_path / "empty", remote=SupabaseRemote(store))
         publish_niche(tmp_path / "pub", "tech", vectors, ids, snapshot=D)
         local = ReferenceLibrary(tmp_path / "pub")
@@ -165,6 +166,22 @@ def test_a_missing_local_index_falls_back_to_the_table_and_says_so(tmp_path, db_
             found = remote.similar(q, "tech", k=5)
             assert found.source == "remote" and [f["video_id"] for f in found] == \
                 [f["video_id"] for f in local.similar(q, "tech", k=5)]
+        # an upload from another model is refused before the table is asked (same dim or not)
+        UploadScorer(remote, clip_with(loaded=False)).check_model("tech")
+        mismatch = r"embedded with ViT-B-32\|random-init, the query embedder is ViT-B-32\|openai"
+        with pytest.raises(EmbeddingMismatchError, match=mismatch):
+            UploadScorer(remote, clip_with(loaded=True)).check_model("tech")
+
+
+def clip_with(loaded: bool):
+    """A LoadedClip record without a network: check_model reads only its weights."""
+    import threading
+
+    from thumblab_dagster.lib.embedding import LoadedClip, WeightsInfo
+
+    weights = WeightsInfo("ViT-B-32", "openai" if loaded else "none", loaded, "openai" if loaded else "random-init")
+    return LoadedClip(model=None, preprocess=None, tokenizer=None, device="cpu", dim=32, weights=weights,
+                      lock=threading.Lock())
 
 
 class FailingOn(FsspecDestination):

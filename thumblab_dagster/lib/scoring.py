@@ -13,7 +13,13 @@ import numpy as np
 from PIL import Image
 
 from thumblab_dagster.lib.embedding import LoadedClip, embed_images, embed_texts
-from thumblab_dagster.lib.reference import NicheUnavailable, ReferenceLibrary, ScoreResult, SimilarResult
+from thumblab_dagster.lib.reference import (
+    EmbeddingMismatchError,
+    NicheUnavailable,
+    ReferenceLibrary,
+    ScoreResult,
+    SimilarResult,
+)
 from thumblab_dagster.lib.thumbnail_pipeline import PERCENTILE_K
 
 
@@ -36,7 +42,16 @@ class UploadScorer:
         try:
             entry = self.library.entry(niche)
         except NicheUnavailable:
-            return  # nothing local to compare with: the fallbacks answer and say so
+            # nothing local: the remote answers, so its rows must come from the same model
+            check = getattr(self.library.remote, "check_model", None)
+            if check is not None:
+                try:
+                    check(niche, self.clip.weights.as_dict())
+                except EmbeddingMismatchError:
+                    raise
+                except Exception:  # the remote being down is the fallback chain's business, not ours
+                    pass
+            return
         entry.check_model(self.clip.weights.as_dict())
 
     def image_vector(self, image: Image.Image, niche: str) -> np.ndarray:

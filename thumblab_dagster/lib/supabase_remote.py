@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from thumblab_dagster.lib.reference import SELF_MATCH, percentile_of
+from thumblab_dagster.lib.embedding import weights_label
+from thumblab_dagster.lib.reference import SELF_MATCH, EmbeddingMismatchError, percentile_of
 from thumblab_dagster.lib.supabase_store import ReferenceStore
 
 REFERENCE_SAMPLE = 500
@@ -66,6 +67,13 @@ class SupabaseRemote:
         self.name = store.name
         self._references: dict[tuple[str, int], tuple[float, np.ndarray]] = {}
         self._lock = threading.Lock()
+
+    def check_model(self, niche: str, weights: dict) -> None:
+        """Refuse an upload embedded by another model than the table's newest rows (same dim or not)."""
+        label = self.store.newest_model(niche)
+        if label is not None and label != weights_label(weights):
+            raise EmbeddingMismatchError(f"the shared store's {niche} rows were embedded with {label}, the query "
+                                         f"embedder is {weights_label(weights)}: load the same model and weights")
 
     def similar(self, vector: np.ndarray, niche: str, k: int) -> list[dict]:
         return self.store.match(vector, niche, k)

@@ -175,6 +175,11 @@ class RestStore:
         query = self._table().select("video_id", count=CountMethod.exact, head=True).eq("niche", niche)
         return self._count(self._call("count", query.execute), "count")
 
+    def newest_model(self, niche: str) -> str | None:
+        query = self._table().select("model").eq("niche", niche).order("collected_at", desc=True).limit(1)
+        rows = self._call("newest model", query.execute).data
+        return rows[0]["model"] if rows else None
+
     def _count(self, response, what: str) -> int:
         if response.count is None:  # Content-Range without a total: the gateway dropped Prefer: count=exact
             raise RestStoreError(f"{what} on {self._host}: the response carried no row count")

@@ -160,6 +160,10 @@ class SqlStore:
         sql = f"select count(*) from {TABLE} where niche = %s"
         return self._call("count", lambda conn: conn.execute(sql, [niche]).fetchone()[0])
 
+    def newest_model(self, niche: str) -> str | None:
+        sql = f"select model from {TABLE} where niche = %s order by collected_at desc limit 1"
+        return self._call("newest_model", lambda conn: (conn.execute(sql, [niche]).fetchone() or [None])[0])
+
     def ids_between(self, niche: str, start: datetime, end: datetime) -> set[str]:
         sql = f"select video_id from {TABLE} where niche = %s and collected_at >= %s and collected_at < %s"
         return self._call("ids_between", lambda conn: {r[0] for r in conn.execute(sql, [niche, start, end])})

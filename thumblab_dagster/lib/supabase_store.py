@@ -92,6 +92,9 @@ class ReferenceStore(Protocol):
 
     def count(self, niche: str) -> int: ...
 
+    def newest_model(self, niche: str) -> str | None:
+        """The ``model`` label of the niche's most recently collected row (None when it has none)."""
+
     def ids_between(self, niche: str, start: datetime, end: datetime) -> set[str]:
         """Video ids of the niche with start <= collected_at < end."""
 
