@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def main() -> None:
                             "search_params": manifest["search_params"], "build_s": build_s and round(build_s, 1),
                             **measure(pub, manifest, args.queries)})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"benchmark": "query_latency", "machine": {"cpus": __import__("os").cpu_count(),
+    print(json.dumps({"benchmark": "query_latency", "machine": {"cpus": os.cpu_count(),
                                                                   "python": platform.python_version()},
                       "memory_budget_mb": args.memory_mb, "results": results}, indent=2))
 

@@ -247,3 +247,10 @@ def test_the_table_is_closed_to_public_roles(store, db_url):
         public_exec = conn.execute("select has_function_privilege('public', 'match_ref_thumbnails(vector, text, int)', "
                                    "'execute')").fetchone()[0]
     assert public_exec is False
+
+
+def test_a_hung_statement_times_out_instead_of_blocking_the_store(store):
+    from thumblab_dagster.lib import supabase_sql
+
+    sql = "select setting::int from pg_settings where name = 'statement_timeout'"
+    assert store._call("show", lambda conn: conn.execute(sql).fetchone()[0]) == supabase_sql.STATEMENT_TIMEOUT_MS

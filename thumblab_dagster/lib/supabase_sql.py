@@ -65,11 +65,15 @@ def _connect(db_url: str, connect_timeout_s: float, autocommit: bool = True) -> 
     where = _where(db_url)
     try:
         # prepare_threshold=None: Supabase's transaction pooler cannot hold server-side prepared statements
-        # statement_timeout + keepalives: a hung pooler or a partition fails the call instead of
-        # blocking every query behind the shared connection
+        # keepalives + statement_timeout: a hung pooler or a partition fails the call instead of
+        # blocking every query behind the shared connection. The timeout is SET after connecting, not
+        # sent as a startup "options" parameter, which connection poolers may refuse.
         conn = psycopg.connect(db_url, connect_timeout=max(1, round(connect_timeout_s)), autocommit=autocommit,
-                               prepare_threshold=None, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                               keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+                               prepare_threshold=None, keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                               keepalives_count=3)
+        conn.execute(f"set statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        if not autocommit:
+            conn.commit()  # the SET alone must not be the start of the caller's transaction
     except psycopg.Error as err:
         raise StoreError(f"cannot connect to Postgres at {where}: {_scrub(str(err), db_url)}") from None
     return conn
