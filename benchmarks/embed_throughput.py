@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from thumblab_dagster.lib.embedding import embed_images, load_clip
-from thumblab_dagster.lib.images import fetch_images
-from thumblab_dagster.lib.sample_source import render_thumbnail
+from thumblab_dagster.lib.collections.thumbnails.sample_source import render_thumbnail
+from thumblab_dagster.lib.embed.clip import embed_images, load_clip
+from thumblab_dagster.lib.embed.images import fetch_images
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images"
 

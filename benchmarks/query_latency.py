@@ -33,8 +33,8 @@ D, K = 512, 10
 def build(workdir: Path, n: int, memory_mb: int) -> tuple[Path, dict, float]:
     import pandas as pd
 
-    from thumblab_dagster.lib.engine import build_index_dir, row_weights
-    from thumblab_dagster.lib.vector_index import publish
+    from thumblab_dagster.lib.engine.build import build_index_dir, row_weights
+    from thumblab_dagster.lib.engine.index_dir import publish
 
     vectors = workdir / "emb.npy"
     write_clustered(vectors, n, D)
@@ -60,8 +60,8 @@ def percentiles(values: list[float]) -> dict:
 def measure(pub: Path, manifest: dict, n_queries: int) -> dict:
     import faiss
 
-    from thumblab_dagster.lib.reference import ReferenceLibrary
-    from thumblab_dagster.lib.search import apply_params
+    from thumblab_dagster.lib.engine.search import apply_params
+    from thumblab_dagster.lib.query.library import ReferenceLibrary
 
     library = ReferenceLibrary(pub, niches=("bench",))
     start = time.perf_counter()
@@ -111,7 +111,7 @@ def main() -> None:
             workdir = root / str(n)
             workdir.mkdir(parents=True, exist_ok=True)
             if args.reuse and (workdir / "pub" / "bench_manifest.json").exists():
-                from thumblab_dagster.lib.vector_index import read_manifest
+                from thumblab_dagster.lib.engine.index_dir import read_manifest
 
                 pub, build_s = workdir / "pub", None
                 manifest = read_manifest(pub / "bench_manifest.json")

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from thumblab_dagster.lib.niches import NICHES
+from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,8 +27,8 @@ NICHE_CHOICE = click.Choice(list(NICHES))
               help="Only these niches (repeatable; default all five).")
 def demo(date, niches):
     """Materialise every thumbnail asset for one date and print a per-niche summary."""
+    from thumblab_dagster.defs.thumbnails.partitions import START_DATE, date_partitions
     from thumblab_dagster.demo import run_demo
-    from thumblab_dagster.partitions import START_DATE, date_partitions
 
     if date is not None and not date_partitions.has_partition_key(date):
         raise click.BadParameter(f"{date!r} is not a partition date: use YYYY-MM-DD between {START_DATE} "
@@ -47,8 +47,8 @@ def validate(index_dir, sample, seed):
 
     INDEX_DIR may also be a versioned root (with a ``current`` pointer): its live version is checked.
     """
-    from thumblab_dagster.lib.validate import validate_index_dir
-    from thumblab_dagster.lib.versions import VersionedIndex
+    from thumblab_dagster.lib.engine.validate import validate_index_dir
+    from thumblab_dagster.lib.engine.versions import VersionedIndex
 
     store = VersionedIndex(index_dir)
     if store.pointer.exists():
@@ -81,9 +81,9 @@ def fail(message: str) -> None:
 
 def library_at(root: str | None):
     """The published indices, with the shared store (Supabase) as the fallback when configured."""
-    from thumblab_dagster.lib.layout import DataLayout
-    from thumblab_dagster.lib.reference import ReferenceLibrary
-    from thumblab_dagster.lib.supabase_remote import remote_from_env
+    from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
+    from thumblab_dagster.lib.collections.thumbnails.remote import remote_from_env
+    from thumblab_dagster.lib.query.library import ReferenceLibrary
 
     try:
         remote = remote_from_env()
@@ -95,8 +95,8 @@ def library_at(root: str | None):
 def scorer_at(root: str | None):
     import os
 
-    from thumblab_dagster.lib import embedding
-    from thumblab_dagster.lib.scoring import UploadScorer
+    from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer
+    from thumblab_dagster.lib.embed import clip as embedding
 
     clip = embedding.load_clip(os.environ.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
                                os.environ.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
@@ -106,7 +106,7 @@ def scorer_at(root: str | None):
 
 def read_upload(image_or_url: str):
     """A local file or an http(s) URL you typed yourself (trusted: the CLI is not a service)."""
-    from thumblab_dagster.lib.images import FetchError, fetch_image
+    from thumblab_dagster.lib.embed.images import FetchError, fetch_image
 
     try:
         return fetch_image(image_or_url)
@@ -116,7 +116,7 @@ def read_upload(image_or_url: str):
 
 def run_query(query):
     """Run ``query()``, turning the caller's own mistakes into one-line errors."""
-    from thumblab_dagster.lib.reference import EmbeddingMismatchError
+    from thumblab_dagster.lib.query.library import EmbeddingMismatchError
 
     try:
         return query()
@@ -204,7 +204,7 @@ def serve(host, port, root):
     """The scoring HTTP service: /health, POST /v1/score, /internal/index-stats (docs at /docs)."""
     import uvicorn
 
-    from thumblab_dagster.service import ServiceSettings, create_app
+    from thumblab_dagster.service.app import ServiceSettings, create_app
 
     try:
         app = create_app(ServiceSettings.from_env(publish_dir=root))
@@ -223,7 +223,7 @@ DIM_OPTION = click.option("--dim", default=512, show_default=True, type=click.In
 @DIM_OPTION
 def supabase_schema(dim):
     """Print the SQL migration for Supabase's ref_thumbnails table (paste it into the SQL editor)."""
-    from thumblab_dagster.lib.supabase_store import render_schema
+    from thumblab_dagster.lib.stores.supabase import render_schema
 
     click.echo(render_schema(dim), nl=False)
 
@@ -234,7 +234,7 @@ def supabase_migrate(dim):
     """Apply the migration through $SUPABASE_DB_URL (a direct Postgres URL). Safe to run twice."""
     import os
 
-    from thumblab_dagster.lib.supabase_sql import migrate
+    from thumblab_dagster.lib.stores.supabase_sql import migrate
 
     db_url = os.environ.get("SUPABASE_DB_URL")
     if not db_url:

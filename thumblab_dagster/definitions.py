@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from thumblab_dagster.assets.supabase import supabase_mirror_in_sync, supabase_ref_thumbnails, uploaded_index
-from thumblab_dagster.assets.thumbnails import niche_index_asset, thumbnail_assets
-from thumblab_dagster.checks import thumbnail_checks
-from thumblab_dagster.jobs import daily_refresh, daily_refresh_schedule
-from thumblab_dagster.resources import resources_from_env
+from thumblab_dagster.defs.resources import resources_from_env
+from thumblab_dagster.defs.supabase.assets import supabase_mirror_in_sync, supabase_ref_thumbnails, uploaded_index
+from thumblab_dagster.defs.thumbnails.assets import niche_index_asset, thumbnail_assets
+from thumblab_dagster.defs.thumbnails.checks import thumbnail_checks
+from thumblab_dagster.defs.thumbnails.schedules import daily_refresh, daily_refresh_schedule
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from thumblab_dagster.lib.niches import NICHES
-from thumblab_dagster.partitions import TIMEZONE
+from thumblab_dagster.defs.thumbnails.partitions import TIMEZONE
+from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 
 # Progress (INFO) on the console; Dagster's step-by-step DEBUG events stay in the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from thumblab_dagster_tests.fake_youtube import FakeYouTubeServer
+from thumblab_dagster_tests.fakes.youtube import FakeYouTubeServer
 
 # No test may reach beyond loopback, and none should wait on a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,7 +19,7 @@ def youtube():
 @pytest.fixture
 def resources(tmp_path, youtube):
     """Resources pointed at a temp data root and the loopback YouTube, random CLIP weights."""
-    from thumblab_dagster.resources import (
+    from thumblab_dagster.defs.resources import (
         ClipEmbedderResource,
         IndexEngineResource,
         StorageResource,

@@ -1,0 +1,300 @@
+"""CLIP embeddings with open_clip: one model loader, one image path, one parquet format.
+
+Weights come from an open_clip pretrained tag (looked up in the local Hugging Face cache
+first, downloaded when the hub is reachable) or a local checkpoint file. When neither is
+possible the model runs on random-initialised weights and says so in ``WeightsInfo``, so
+the pipeline keeps working offline and the UI shows that the vectors are not meaningful.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from thumblab_dagster.lib.engine.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+RANDOM_WEIGHTS = "none"
+SCHEMA_KEY = b"thumblab"
+EMBEDDING_COLUMN = "embedding"
+TITLE_EMBEDDING_COLUMN = "title_embedding"  # CLIP text-tower vector of each row's title (title percentiles)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    model: str
+    pretrained: str          # what was asked for: a tag, a checkpoint path, or "none"
+    loaded: bool             # True only when real weights were loaded
+    source: str              # where the weights came from, or "random-init"
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def weights_identity(info: dict | None) -> tuple:
+    """What makes two embeddings comparable: the model and the weights actually loaded.
+
+    Random-initialised weights are seeded, so every random-init run of a model is alike,
+    whatever tag was asked for; loaded weights are named by the tag or checkpoint asked for.
+    """
+    info = info or {}
+    return (info.get("model"), info.get("pretrained") if info.get("loaded") else "random-init")
+
+
+LABEL_SEPARATOR = "|"  # model names (hf-hub:org/name) and checkpoint paths hold "/", never "|"
+
+
+def weights_label(info: dict | None) -> str:
+    """``weights_identity`` as one string (``ViT-B-32|laion2b_s34b_b79k``, ``ViT-B-32|random-init``),
+    for stores that keep a model column beside each vector."""
+    return LABEL_SEPARATOR.join(str(part) for part in weights_identity(info))
+
+
+def info_from_label(label: str) -> dict:
+    """The inverse of ``weights_label``: enough of a ``WeightsInfo`` dict to compare identities."""
+    model, _, weights = str(label).partition(LABEL_SEPARATOR)
+    if weights == "random-init":
+        return {"model": model, "pretrained": RANDOM_WEIGHTS, "loaded": False, "source": "random-init"}
+    return {"model": model, "pretrained": weights, "loaded": True, "source": weights}
+
+
+def _is_random_request(pretrained: str | None) -> bool:
+    return pretrained is None or str(pretrained).strip().lower() in ("", "none", "random")
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _host_reachable(host: str, timeout_s: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_offline() -> bool:
+    """Honour huggingface_hub's own switch: no download attempts at all."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cached_hub_weights(hf_hub: str, cache_dir: str | None) -> str | None:
+    """The local path of a tag's weights if the Hugging Face cache already holds them."""
+    from huggingface_hub import hf_hub_download
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    # open_clip's convention: "org/model/" (trailing slash) means the default file names.
+    model_id, filename = os.path.split(hf_hub)
+    candidates = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    for name in candidates:
+        try:
+            return hf_hub_download(model_id, name, cache_dir=cache_dir, local_files_only=True)
+        except Exception:  # not cached (the hub library raises several types)
+            continue
+    return None
+
+
+@dataclass
+class LoadedClip:
+    model: object
+    preprocess: Callable
+    tokenizer: Callable
+    device: str
+    dim: int
+    weights: WeightsInfo
+    lock: threading.Lock
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@functools.lru_cache(maxsize=4)
+def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
+              device: str = "auto", cache_dir: str | None = None) -> LoadedClip:
+    """Load (once per process) an open_clip model, its preprocessing and tokenizer."""
+    import open_clip
+
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r} (THUMBLAB_CLIP_MODEL); "
+                         f"see open_clip.list_models(), e.g. {DEFAULT_MODEL}")
+    device = resolve_device(device)
+    requested = RANDOM_WEIGHTS if _is_random_request(pretrained) else str(pretrained)
+    kwargs: dict = {}
+    weights_arg: str | None = None
+    note = ""
+    if requested == RANDOM_WEIGHTS:
+        note = "random weights requested (THUMBLAB_CLIP_PRETRAINED=none)"
+    elif _looks_like_path(requested):
+        if not Path(requested).expanduser().is_file():
+            raise FileNotFoundError(f"CLIP checkpoint {requested!r} (THUMBLAB_CLIP_PRETRAINED) does not "
+                                    "exist: point it at a local .pt/.bin/.safetensors file or an "
+                                    "open_clip pretrained tag")
+        weights_arg = str(Path(requested).expanduser())
+    else:
+        cfg = open_clip.get_pretrained_cfg(model_name, requested)
+        if not cfg:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+            raise ValueError(f"unknown pretrained tag {requested!r} for {model_name} "
+                             f"(THUMBLAB_CLIP_PRETRAINED); known tags: {tags}")
+        cached = _cached_hub_weights(cfg["hf_hub"], cache_dir) if cfg.get("hf_hub") else None
+        host = "huggingface.co" if cfg.get("hf_hub") else urlparse(cfg.get("url", "")).hostname
+        if cached:
+            weights_arg = cached
+            # A path loses the tag's preprocessing settings: pass them explicitly.
+            kwargs = {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+                      "image_interpolation": cfg.get("interpolation"),
+                      "image_resize_mode": cfg.get("resize_mode")}
+        elif _hub_offline():
+            note = f"weights {requested!r} are not in the local cache and HF_HUB_OFFLINE is set"
+        elif host and _host_reachable(host):
+            weights_arg = requested
+        else:
+            note = (f"weights {requested!r} are not in the local cache and {host or 'the hub'} is "
+                    "unreachable (offline?)")
+    model = None
+    if weights_arg is not None:
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=weights_arg, device=device, cache_dir=cache_dir, **kwargs)
+        except Exception as exc:  # a failed download or a bad checkpoint: fall back, loudly
+            note = f"could not load weights {requested!r}: {type(exc).__name__}: {str(exc)[:200]}"
+            model = None
+    loaded = model is not None
+    if model is None:
+        import torch
+
+        # Seeded, so random-weight embeddings from different runs and dates stay comparable.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None,
+                                                                         device=device)
+        log.warning("CLIP %s runs on RANDOM-INITIALISED weights: %s. Embeddings are not "
+                    "semantically meaningful.", model_name, note)
+    model.eval()
+    dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+        else int(model.visual.output_dim)
+    weights = WeightsInfo(model=model_name, pretrained=requested, loaded=loaded,
+                          source=weights_arg if loaded else "random-init", note=note)
+    return LoadedClip(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(model_name),
+                      device=device, dim=dim, weights=weights, lock=threading.Lock())
+
+
+def embed_images(clip: LoadedClip, images: Sequence[Image.Image], batch_size: int = 32,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """L2-normalised float32 image embeddings, one row per image, in input order."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    out = np.empty((len(images), clip.dim), dtype=np.float32)
+    with clip.lock, torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            pixels = torch.stack([clip.preprocess(img) for img in batch]).to(clip.device)
+            feats = clip.model.encode_image(pixels)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+            out[start:start + len(batch)] = feats.cpu().numpy()
+            if progress:
+                progress(start + len(batch), len(images))
+    return out
+
+
+def embed_texts(clip: LoadedClip, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """L2-normalised float32 text embeddings through CLIP's text tower."""
+    import torch
+
+    out = np.empty((len(texts), clip.dim), dtype=np.float32)
+    with clip.lock, torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
+            feats = torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+            out[start:start + len(tokens)] = feats.cpu().numpy()
+    return out
+
+
+# --- the embeddings parquet -------------------------------------------------------------
+
+def _vector_column(table: pa.Table, name: str, vectors: np.ndarray) -> pa.Table:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(table):
+        raise ValueError(f"{len(table)} rows but {name} vectors of shape {vectors.shape}")
+    dim = vectors.shape[1]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), dim)
+    return table.append_column(pa.field(name, pa.list_(pa.float32(), dim)), column)
+
+
+def _vectors_of(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    dim = column.type.list_size
+    if not len(table):
+        return np.empty((0, dim), dtype=np.float32)
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
+
+
+def write_embeddings(path: str | os.PathLike, frame: pd.DataFrame, vectors: np.ndarray,
+                     info: dict, title_vectors: np.ndarray | None = None) -> Path:
+    """Write rows + their vectors (a fixed-size-list column) with ``info`` in the schema metadata.
+
+    ``title_vectors`` (the rows' titles through CLIP's text tower) go in a second vector column.
+    """
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    table = _vector_column(table, EMBEDDING_COLUMN, vectors)
+    if title_vectors is not None:
+        table = _vector_column(table, TITLE_EMBEDDING_COLUMN, title_vectors)
+    dim = table.column(EMBEDDING_COLUMN).type.list_size
+    meta = dict(table.schema.metadata or {})
+    meta[SCHEMA_KEY] = json.dumps({**info, "dim": dim, "normalized": True}).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Rows (without the vectors), an (n, dim) float32 C-contiguous array, and the schema info."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings file {path} does not exist: materialise "
+                                "thumbnail_embeddings for that partition first")
+    table = pq.read_table(path)
+    raw = (table.schema.metadata or {}).get(SCHEMA_KEY)
+    if raw is None or EMBEDDING_COLUMN not in table.column_names:
+        raise ValueError(f"{path} is not a thumblab embeddings file (no {EMBEDDING_COLUMN!r} column "
+                         "or schema metadata): re-materialise thumbnail_embeddings")
+    info = json.loads(raw)
+    vectors = _vectors_of(table, EMBEDDING_COLUMN)
+    frame = table.drop_columns([c for c in (EMBEDDING_COLUMN, TITLE_EMBEDDING_COLUMN)
+                                if c in table.column_names]).to_pandas()
+    return frame, vectors, info
+
+
+def read_title_embeddings(path: str | os.PathLike) -> np.ndarray | None:
+    """The title vectors of an embeddings file, or None when it was written without them."""
+    if TITLE_EMBEDDING_COLUMN not in pq.read_schema(path).names:
+        return None
+    return _vectors_of(pq.read_table(path, columns=[TITLE_EMBEDDING_COLUMN]), TITLE_EMBEDDING_COLUMN)

@@ -1,0 +1,210 @@
+"""The scoring HTTP service (FastAPI): ``thumblab serve --host 127.0.0.1 --port 8000``.
+
+A thin front end over ``lib/``: the reference library answers, the pipeline's embedder embeds,
+untrusted thumbnail URLs go through the SSRF-safe fetcher. A thumbnail that cannot be fetched
+is an error on that thumbnail, never a failed request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
+from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote, SupabaseSettings
+from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer
+from thumblab_dagster.lib.embed import clip as embedding
+from thumblab_dagster.lib.embed.images import FetchError
+from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy, fetch_untrusted_image
+from thumblab_dagster.lib.query.library import (
+    NICHE_NAME,
+    EmbeddingMismatchError,
+    NicheUnavailable,
+    ReferenceLibrary,
+    ScoreResult,
+)
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "THUMBLAB_INTERNAL_TOKEN"
+MAX_THUMBNAILS = 10
+SIMILAR_K = 5
+
+
+@dataclass
+class ServiceSettings:
+    publish_dir: str
+    clip_model: str = embedding.DEFAULT_MODEL
+    clip_pretrained: str = embedding.DEFAULT_PRETRAINED
+    clip_device: str = "auto"
+    internal_token: str | None = field(default=None, repr=False)  # a secret: never logged or shown
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    supabase: SupabaseSettings = field(default_factory=SupabaseSettings)  # the fallback, when configured
+
+    @classmethod
+    def from_env(cls, environ=None, publish_dir: str | None = None) -> ServiceSettings:
+        env = os.environ if environ is None else environ
+        supabase = SupabaseSettings.from_env(env)
+        if supabase.problems():
+            raise ValueError(supabase.problems()[0])
+        return cls(publish_dir=publish_dir or str(DataLayout.from_env(env).published),
+                   clip_model=env.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
+                   clip_pretrained=env.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
+                   clip_device=env.get("THUMBLAB_CLIP_DEVICE") or "auto",
+                   internal_token=env.get(TOKEN_ENV) or None, fetch=FetchPolicy.from_env(env),
+                   supabase=supabase)
+
+
+# --- the wire format (this is also the OpenAPI schema) -------------------------------------
+
+class ThumbnailIn(BaseModel):
+    id: str = Field(min_length=1, max_length=200, description="The caller's id for this thumbnail.")
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL of the image (fetched by the service).")
+
+
+class ScoreRequest(BaseModel):
+    title: str | None = Field(default=None, max_length=1000, description="The video title, scored with CLIP's text tower.")
+    thumbnails: list[ThumbnailIn] = Field(min_length=1, max_length=MAX_THUMBNAILS)
+    category: str = Field(default="tech", max_length=64, pattern=NICHE_NAME.pattern,
+                          description="The niche to compare with (an unknown niche is scored 50.0, with a reason).",
+                          examples=["tech"])
+
+
+class Percentile(BaseModel):
+    percentile: float = Field(ge=0, le=100, description="Share of the niche's references this is at least as "
+                              "similar to its neighbours as.")
+    source: Literal["local", "remote", "default"]
+    reason: str = Field(description="Which index answered, or why a fallback was used.")
+    is_default: bool = Field(description="True when no index could answer and 50.0 was returned.")
+    score: float | None = Field(default=None, description="Mean cosine similarity of the top-k neighbours.")
+    version: str | None = None
+    k: int
+
+
+class SimilarReference(BaseModel):
+    video_id: str
+    similarity: float
+    title: str | None = None
+    thumbnail_url: str | None = None
+    views_per_hour: float | None = None
+
+
+class ThumbnailScore(BaseModel):
+    id: str
+    ok: bool
+    error: str | None = Field(default=None, description="Why this thumbnail could not be scored.")
+    similarity: Percentile | None = None
+    similar: list[SimilarReference] = []
+
+
+class ScoreResponse(BaseModel):
+    category: str
+    title: Percentile | None = None
+    thumbnails: list[ThumbnailScore]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: dict
+    niches: dict[str, dict]
+
+
+class IndexStats(BaseModel):
+    indices: dict[str, dict]
+    cache: dict
+
+
+def _percentile(result: ScoreResult) -> Percentile:
+    return Percentile(percentile=result.percentile, source=result.source, reason=result.reason,
+                      is_default=result.is_default, score=result.score, version=result.version, k=result.k)
+
+
+# --- the app --------------------------------------------------------------------------------
+
+def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None = None) -> FastAPI:
+    """The service over ``settings.publish_dir``; ``clip`` skips loading the model (tests)."""
+    remote = SupabaseRemote(settings.supabase.store()) if settings.supabase.configured else None
+    library = ReferenceLibrary(settings.publish_dir, remote=remote)
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state["clip"] = clip or embedding.load_clip(settings.clip_model, settings.clip_pretrained,
+                                                    settings.clip_device)
+        state["scorer"] = UploadScorer(library, state["clip"])
+        for niche, info in library.index_info().items():  # warm the cache: the first request is not a load
+            if info["exists"]:
+                try:
+                    library.entry(niche)
+                except NicheUnavailable as exc:
+                    log.error("%s not loaded at start: %s", niche, exc)
+        with ThreadPoolExecutor(max_workers=MAX_THUMBNAILS, thread_name_prefix="fetch") as pool:
+            state["pool"] = pool
+            yield
+
+    app = FastAPI(title="Thumbnail Lab scoring service", version="1",
+                  description="How does a thumbnail compare with what is trending in its niche? Similarity "
+                              "percentiles and similar references from the published FAISS indices.",
+                  lifespan=lifespan)
+    bearer = HTTPBearer(auto_error=False, description=f"The token set in {TOKEN_ENV}.")
+
+    @app.get("/health", response_model=Health, summary="Model and indices loaded")
+    def health() -> Health:
+        weights = state["clip"].weights
+        stats = library.cache_stats()
+        niches = {n: {"exists": i["exists"], "loaded": n in stats["versions"], "version": stats["versions"].get(n),
+                      "num_vectors": i["num_vectors"]} for n, i in library.index_info().items()}
+        return Health(status="ok", model={"name": weights.model, "weights": weights.pretrained,
+                                          "weights_loaded": weights.loaded, "loaded": True, "dim": state["clip"].dim},
+                      niches=niches)
+
+    def score_one(scorer: UploadScorer, thumb: ThumbnailIn, niche: str) -> ThumbnailScore:
+        try:
+            image = fetch_untrusted_image(thumb.url, settings.fetch)
+        except FetchError as exc:
+            log.info("thumbnail %s not scored: %s", thumb.id, exc)
+            return ThumbnailScore(id=thumb.id, ok=False, error=f"could not fetch the thumbnail: {exc}")
+        result = scorer.score_image(image, niche, similar_k=SIMILAR_K)
+        return ThumbnailScore(id=thumb.id, ok=True, similarity=_percentile(result.percentile),
+                              similar=[SimilarReference(**s) for s in result.similar])
+
+    @app.post("/v1/score", response_model=ScoreResponse, summary="Score thumbnails (and a title) against a niche",
+              responses={503: {"description": "The loaded model differs from the one the niche was built with."}})
+    def score(request: ScoreRequest) -> ScoreResponse:
+        scorer: UploadScorer = state["scorer"]
+        try:
+            scorer.check_model(request.category)
+            thumbs = list(state["pool"].map(lambda t: score_one(scorer, t, request.category), request.thumbnails))
+            title = None
+            if request.title and request.title.strip():
+                title = _percentile(scorer.score_title(request.title.strip(), request.category))
+        except EmbeddingMismatchError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
+        return ScoreResponse(category=request.category, title=title, thumbnails=thumbs)
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not settings.internal_token:
+            raise HTTPException(status_code=404, detail=f"disabled: set {TOKEN_ENV} to enable it")
+        given = credentials.credentials if credentials else ""
+        if not secrets.compare_digest(given.encode(), settings.internal_token.encode()):
+            raise HTTPException(status_code=401, detail="a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/internal/index-stats", response_model=IndexStats, dependencies=[Depends(require_token)],
+             summary="Index info and cache statistics (bearer token)",
+             responses={401: {"description": "Missing or wrong bearer token."},
+                        404: {"description": f"Disabled: {TOKEN_ENV} is not set."}})
+    def index_stats() -> IndexStats:
+        return IndexStats(indices=library.index_info(), cache=library.cache_stats())
+
+    app.state.library = library
+    return app
