@@ -105,8 +105,8 @@ def worker(system: str, files: dict, budget_mb: int, out_dir: Path) -> dict:
     faiss.omp_set_num_threads(os.cpu_count())
     queries, gt = np.load(files["queries"]), np.load(files["gt"])
     if system in ("thumblab", "thumblab_flat"):
-        from thumblab_dagster.lib.engine.build import NpyFileSource, build_index_dir
         from thumblab_dagster.lib.engine import index_dir as vector_index
+        from thumblab_dagster.lib.engine.build import NpyFileSource, build_index_dir
 
         source = NpyFileSource(files["data"])
         start = time.perf_counter()

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine.build import (
     NpyFileSource,
     ParquetSource,
@@ -16,7 +17,6 @@ from thumblab_dagster.lib.engine.build import (
     train_points,
     verify_recall,
 )
-from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine.validate import validate_index_dir
 from thumblab_dagster.lib.engine.versions import VersionedIndex, VersionMismatchError, add
 

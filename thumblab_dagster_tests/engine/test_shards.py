@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thumblab_dagster.lib.engine.build import build_index_dir
 from thumblab_dagster.lib.engine import index_dir as vi
+from thumblab_dagster.lib.engine.build import build_index_dir
 from thumblab_dagster.lib.engine.shards import ID_MAP_FILE, load_sharded
 from thumblab_dagster.lib.engine.validate import validate_index_dir
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT, prepare_titles
-from thumblab_dagster.lib.engine.build import build_index_dir, row_weights
 from thumblab_dagster.lib.engine import index_dir as vector_index
+from thumblab_dagster.lib.engine.build import build_index_dir, row_weights
 
 RANDOM_CLIP = {"model": "ViT-B-32", "pretrained": "none", "loaded": False, "source": "random-init"}
 

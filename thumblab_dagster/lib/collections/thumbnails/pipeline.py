@@ -23,6 +23,8 @@ from thumblab_dagster.lib.collections.thumbnails.window import Window, load_wind
 from thumblab_dagster.lib.collections.thumbnails.youtube import YouTubeClient
 from thumblab_dagster.lib.embed.clip import LoadedClip, embed_images, embed_texts, read_embeddings, write_embeddings
 from thumblab_dagster.lib.embed.images import fetch_images, reason_kind
+from thumblab_dagster.lib.engine import index_dir as vector_index
+from thumblab_dagster.lib.engine import stats as index_stats
 from thumblab_dagster.lib.engine.build import (
     DEFAULT_MEMORY_BUDGET,
     DEFAULT_TARGET_RECALL,
@@ -33,8 +35,6 @@ from thumblab_dagster.lib.engine.build import (
     temp_file,
     verify_recall,
 )
-from thumblab_dagster.lib.engine import index_dir as vector_index
-from thumblab_dagster.lib.engine import stats as index_stats
 from thumblab_dagster.lib.engine.files import write_json_atomic
 from thumblab_dagster.lib.engine.search import Searcher
 from thumblab_dagster.lib.engine.validate import AlignmentReport, check_alignment
