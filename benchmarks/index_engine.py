@@ -54,7 +54,8 @@ def write_clustered(path: Path, n: int, d: int) -> None:
 def prepare(workdir: Path, n: int, d: int, n_queries: int) -> dict:
     import numpy as np
 
-    from thumblab_dagster.lib.engine.build import NpyFileSource, exact_neighbours
+    from thumblab_dagster.lib.engine.sources import NpyFileSource
+    from thumblab_dagster.lib.engine.tune import exact_neighbours
 
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +107,8 @@ def worker(system: str, files: dict, budget_mb: int, out_dir: Path) -> dict:
     queries, gt = np.load(files["queries"]), np.load(files["gt"])
     if system in ("thumblab", "thumblab_flat"):
         from thumblab_dagster.lib.engine import index_dir as vector_index
-        from thumblab_dagster.lib.engine.build import NpyFileSource, build_index_dir
+        from thumblab_dagster.lib.engine.build import build_index_dir
+        from thumblab_dagster.lib.engine.sources import NpyFileSource
 
         source = NpyFileSource(files["data"])
         start = time.perf_counter()

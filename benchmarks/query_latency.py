@@ -33,8 +33,9 @@ D, K = 512, 10
 def build(workdir: Path, n: int, memory_mb: int) -> tuple[Path, dict, float]:
     import pandas as pd
 
-    from thumblab_dagster.lib.engine.build import build_index_dir, row_weights
-    from thumblab_dagster.lib.engine.index_dir import publish
+    from thumblab_dagster.lib.engine.build import build_index_dir
+    from thumblab_dagster.lib.engine.percentiles import row_weights
+    from thumblab_dagster.lib.engine.publish import publish
 
     vectors = workdir / "emb.npy"
     write_clustered(vectors, n, D)

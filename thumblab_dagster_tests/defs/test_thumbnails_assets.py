@@ -18,7 +18,7 @@ from thumblab_dagster.defs.thumbnails.checks import (
     thumbnail_checks,
 )
 from thumblab_dagster.lib.embed.clip import read_embeddings
-from thumblab_dagster.lib.engine import index_dir as vector_index
+from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster_tests.conftest import TEST_KEY
 
 EVERYTHING = [*thumbnail_assets, *thumbnail_checks]
@@ -79,7 +79,7 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     # D2's index covers both dates, de-duplicated, without the broken thumbnails.
     want = embedded_ids(layout, "tech", D1) | embedded_ids(layout, "tech", D2)
     assert want == set(tech[:13])
-    published = vector_index.load_published(layout.published, "tech")
+    published = publishing.load_published(layout.published, "tech")
     assert sorted(published.ids.tolist()) == sorted(want)
     assert published.manifest["snapshot"] == D2
     assert published.manifest["source_partitions"] == [D1, D2]
@@ -89,7 +89,7 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     assert published.manifest["titles"]["rows"] == 13  # every title, through the text tower
     assert np.load(layout.published / "tech_title_vectors.npy").shape == (13, 512)
     assert meta(tech_d2, "niche_index")["ntotal"] == 13
-    assert sorted(vector_index.load_published(layout.published, "gaming").ids.tolist()) == game
+    assert sorted(publishing.load_published(layout.published, "gaming").ids.tolist()) == game
 
     # The scoring service's layout, readable without pickle.
     assert (layout.published / "tech.index").exists()
@@ -134,7 +134,7 @@ def test_corrupted_id_map_fails_alignment_and_leaves_published_copy(resources, y
     assert checks_of(result)[ID_MAP_ALIGNMENT] is False
     assert not result.asset_materializations_for_node("published_index")
     assert {p.name: p.read_bytes() for p in layout.published.iterdir()} == published_before
-    assert vector_index.load_published(layout.published, "tech").manifest["snapshot"] == D2
+    assert publishing.load_published(layout.published, "tech").manifest["snapshot"] == D2
 
 
 def test_category_without_chart_gives_an_empty_partition_not_a_crash(resources, youtube, instance):

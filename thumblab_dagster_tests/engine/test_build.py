@@ -9,14 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
-from thumblab_dagster.lib.engine.build import (
-    NpyFileSource,
-    ParquetSource,
-    build_index_dir,
-    open_source,
-    train_points,
-    verify_recall,
-)
+from thumblab_dagster.lib.engine import publish as publishing
+from thumblab_dagster.lib.engine.build import build_index_dir, train_points
+from thumblab_dagster.lib.engine.sources import NpyFileSource, ParquetSource, open_source
+from thumblab_dagster.lib.engine.tune import verify_recall
 from thumblab_dagster.lib.engine.validate import validate_index_dir
 from thumblab_dagster.lib.engine.versions import VersionedIndex, VersionMismatchError, add
 
@@ -227,9 +223,9 @@ def test_version_swap_under_concurrent_readers_never_serves_a_mix(tmp_path):
 def test_published_compressed_index_keeps_exact_scores(tmp_path, collection):
     vectors, ids, fresh = collection
     build_index_dir(tmp_path / "pq", vectors[:5000], ids[:5000], factory="IVF16,PQ8", target_recall=0.9)
-    result = vi.publish(tmp_path / "pq", tmp_path / "faiss_indices", "tech", snapshot="2026-11-21")
+    result = publishing.publish(tmp_path / "pq", tmp_path / "faiss_indices", "tech", snapshot="2026-11-21")
     assert result.published and (tmp_path / "faiss_indices" / "tech_vectors.npy").exists()
-    served = vi.load_published(tmp_path / "faiss_indices", "tech")
+    served = publishing.load_published(tmp_path / "faiss_indices", "tech")
     sims, found = served.search(fresh[:20], 5)
     np.testing.assert_allclose(sims, np.einsum("qd,qkd->qk", fresh[:20], vectors[found]), atol=1e-5)
 
@@ -259,7 +255,7 @@ def test_reference_scores_are_leave_one_out_topk_means_and_get_published(tmp_pat
     want = np.sort(np.sort(sims, axis=1)[:, -10:].mean(axis=1))
     np.testing.assert_allclose(stored, want, atol=1e-5)
     assert validate_index_dir(tmp_path / "f").passed  # covered by the manifest's checksums
-    vi.publish(tmp_path / "f", tmp_path / "pub", "tech", snapshot="2026-11-21")
+    publishing.publish(tmp_path / "f", tmp_path / "pub", "tech", snapshot="2026-11-21")
     published = vi.read_manifest(tmp_path / "pub" / "tech_manifest.json")
     assert vi.file_path(tmp_path / "pub", published, published["reference_scores"]["file"]).name == \
         "tech_reference_scores.npy"

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
+from thumblab_dagster.lib.engine import publish as publishing
 
 
 def unit(n, d=16, seed=0):
@@ -52,16 +53,16 @@ def test_publish_never_goes_back_in_time_and_refuses_broken_dirs(tmp_path):
     new_dir, ids, _ = build(tmp_path, name="new", snapshot="2026-11-02")
     old_dir, _, _ = build(tmp_path, n=10, name="old", snapshot="2026-11-01")
     out = tmp_path / "faiss_indices"
-    assert vi.publish(new_dir, out, "tech", "2026-11-02").published
+    assert publishing.publish(new_dir, out, "tech", "2026-11-02").published
     files = lambda: {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}  # noqa: E731
     before = files()
     assert set(before) == {"tech.index", "tech_ids.npy", "tech_metadata.parquet", "tech_manifest.json"}
-    result = vi.publish(old_dir, out, "tech", "2026-11-01")
+    result = publishing.publish(old_dir, out, "tech", "2026-11-01")
     assert not result.published and "newer" in result.reason
     (new_dir / "index.faiss").write_bytes(b"corrupt")
     with pytest.raises(vi.IndexIntegrityError):
-        vi.publish(new_dir, out, "tech", "2026-11-03")
+        publishing.publish(new_dir, out, "tech", "2026-11-03")
     assert files() == before
-    loaded = vi.load_published(out, "tech")
+    loaded = publishing.load_published(out, "tech")
     assert loaded.ids.tolist() == ids and loaded.manifest["snapshot"] == "2026-11-02"
     assert np.load(out / "tech_ids.npy", allow_pickle=False).dtype.kind == "U"

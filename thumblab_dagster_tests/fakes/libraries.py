@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT, prepare_titles
-from thumblab_dagster.lib.engine import index_dir as vector_index
-from thumblab_dagster.lib.engine.build import build_index_dir, row_weights
+from thumblab_dagster.lib.engine import publish as publishing
+from thumblab_dagster.lib.engine.build import build_index_dir
+from thumblab_dagster.lib.engine.percentiles import row_weights
 
 RANDOM_CLIP = {"model": "ViT-B-32", "pretrained": "none", "loaded": False, "source": "random-init"}
 
@@ -44,7 +45,7 @@ def publish_niche(publish_root: Path, niche: str, vectors: np.ndarray, ids: list
                                reference_weighting=PERCENTILE_WEIGHT, extra_files=title_files, metadata=metadata,
                                embedding=embedding or RANDOM_CLIP,
                                extra={"niche": niche, "snapshot": snapshot, "titles": title_entry})
-    assert vector_index.publish(build_dir, publish_root, niche, snapshot).published
+    assert publishing.publish(build_dir, publish_root, niche, snapshot).published
     return manifest
 
 

@@ -28,7 +28,6 @@ import pandas as pd
 
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 from thumblab_dagster.lib.embed.clip import weights_identity
-from thumblab_dagster.lib.engine.build import WEIGHTINGS, row_weights, weighted_mean
 from thumblab_dagster.lib.engine.index_dir import (
     INDEX_FILE,
     METADATA_FILE,
@@ -39,6 +38,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     published_names,
     read_manifest,
 )
+from thumblab_dagster.lib.engine.percentiles import WEIGHTINGS, row_weights, weighted_mean
 from thumblab_dagster.lib.engine.shards import load_any
 from thumblab_dagster.lib.engine.versions import VersionedIndex
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from thumblab_dagster.cli import main
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.sample_source import render_thumbnail, trending_items
-from thumblab_dagster.lib.engine import index_dir as vector_index
+from thumblab_dagster.lib.engine import publish as publishing
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_demo_builds_checks_and_records_runs(demo):
     # niche ok source videos embedded skipped indexed published checks...
     assert rows["tech"][1:8] == ["yes", "sample", "30", "30", "0", "30", "yes"]
     assert "embedding_weights_pretrained WARN" in " ".join(rows["tech"])
-    published = vector_index.load_published(DataLayout.at(data).published, "people")
+    published = publishing.load_published(DataLayout.at(data).published, "people")
     assert published.ntotal == 30
 
     instance = dg.DagsterInstance.from_config(str(home))

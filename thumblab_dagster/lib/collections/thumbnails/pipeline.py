@@ -24,19 +24,14 @@ from thumblab_dagster.lib.collections.thumbnails.youtube import YouTubeClient
 from thumblab_dagster.lib.embed.clip import LoadedClip, embed_images, embed_texts, read_embeddings, write_embeddings
 from thumblab_dagster.lib.embed.images import fetch_images, reason_kind
 from thumblab_dagster.lib.engine import index_dir as vector_index
+from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster.lib.engine import stats as index_stats
-from thumblab_dagster.lib.engine.build import (
-    DEFAULT_MEMORY_BUDGET,
-    DEFAULT_TARGET_RECALL,
-    build_index_dir,
-    open_source,
-    reference_scores,
-    row_weights,
-    temp_file,
-    verify_recall,
-)
+from thumblab_dagster.lib.engine.build import DEFAULT_MEMORY_BUDGET, build_index_dir, temp_file
 from thumblab_dagster.lib.engine.files import write_json_atomic
+from thumblab_dagster.lib.engine.percentiles import reference_scores, row_weights
 from thumblab_dagster.lib.engine.search import Searcher
+from thumblab_dagster.lib.engine.sources import open_source
+from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL, verify_recall
 from thumblab_dagster.lib.engine.validate import AlignmentReport, check_alignment
 
 _default_log = logging.getLogger(__name__)
@@ -285,8 +280,8 @@ def check_niche_recall(layout: DataLayout, niche: str, date: str, store=None) ->
     return verify_recall(loaded, window.vectors)
 
 
-def publish_niche_index(layout: DataLayout, niche: str, date: str) -> vector_index.PublishResult:
-    return vector_index.publish(layout.index_dir(niche, date), layout.published, niche, snapshot=date)
+def publish_niche_index(layout: DataLayout, niche: str, date: str) -> publishing.PublishResult:
+    return publishing.publish(layout.index_dir(niche, date), layout.published, niche, snapshot=date)
 
 
 # --- index_stats --------------------------------------------------------------------------
