@@ -61,10 +61,10 @@ def percentiles(values: list[float]) -> dict:
 def measure(pub: Path, manifest: dict, n_queries: int) -> dict:
     import faiss
 
+    from thumblab_dagster.lib.collections.thumbnails.scoring import thumbnail_library
     from thumblab_dagster.lib.engine.search import apply_params
-    from thumblab_dagster.lib.query.library import ReferenceLibrary
 
-    library = ReferenceLibrary(pub, niches=("bench",))
+    library = thumbnail_library(pub)  # finds the published bench index under pub
     start = time.perf_counter()
     entry = library.entry("bench")
     first_load_ms = (time.perf_counter() - start) * 1000.0

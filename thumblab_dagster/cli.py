@@ -79,44 +79,53 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def settings():
+    """Every setting (lib/settings.py); a bad value ends the command with its one line."""
+    from thumblab_dagster.lib.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
 def library_at(root: str | None):
     """The published indices, with the shared store (Supabase) as the fallback when configured."""
     from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
     from thumblab_dagster.lib.collections.thumbnails.remote import remote_from_env
-    from thumblab_dagster.lib.query.library import ReferenceLibrary
+    from thumblab_dagster.lib.collections.thumbnails.scoring import thumbnail_library
 
+    settings()  # a bad value of any setting is reported before anything loads
     try:
         remote = remote_from_env()
-    except ValueError as exc:
+    except ValueError as exc:  # half a Supabase configuration
         fail(str(exc))
-    return ReferenceLibrary(root or DataLayout.from_env().published, remote=remote)
+    return thumbnail_library(root or DataLayout.from_env().published, remote=remote)
 
 
 def scorer_at(root: str | None):
-    import os
-
     from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer
     from thumblab_dagster.lib.embed import clip as embedding
 
-    clip = embedding.load_clip(os.environ.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
-                               os.environ.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
-                               os.environ.get("THUMBLAB_CLIP_DEVICE") or "auto")
+    given = settings()
+    clip = embedding.load_clip(given.clip_model, given.clip_pretrained, given.clip_device)
     return UploadScorer(library_at(root), clip)
 
 
 def read_upload(image_or_url: str):
     """A local file or an http(s) URL you typed yourself (trusted: the CLI is not a service)."""
+    from thumblab_dagster.lib.collections.thumbnails.sample_source import FETCH_SCHEMES
     from thumblab_dagster.lib.embed.images import FetchError, fetch_image
 
     try:
-        return fetch_image(image_or_url)
+        return fetch_image(image_or_url, schemes=FETCH_SCHEMES)
     except FetchError as exc:
         fail(f"cannot read {image_or_url}: {exc}")
 
 
 def run_query(query):
     """Run ``query()``, turning the caller's own mistakes into one-line errors."""
-    from thumblab_dagster.lib.query.library import EmbeddingMismatchError
+    from thumblab_dagster.lib.query.results import EmbeddingMismatchError
 
     try:
         return query()
@@ -232,11 +241,9 @@ def supabase_schema(dim):
 @DIM_OPTION
 def supabase_migrate(dim):
     """Apply the migration through $SUPABASE_DB_URL (a direct Postgres URL). Safe to run twice."""
-    import os
-
     from thumblab_dagster.lib.stores.supabase_sql import migrate
 
-    db_url = os.environ.get("SUPABASE_DB_URL")
+    db_url = settings().supabase_db_url
     if not db_url:
         fail("SUPABASE_DB_URL is not set: set it to the project's direct Postgres URL (Supabase: Project "
              "Settings > Database > Connection string), or paste `thumblab supabase-schema` into the SQL editor")

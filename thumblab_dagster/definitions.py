@@ -1,37 +1,28 @@
-"""The one place that assembles the code location's Definitions.
+"""The code location's entry point: every folder under ``defs/`` (autoloaded, one per collection)
+plus the shared resources, chosen from the environment (lib/settings.py) or given by a test.
 
-Supabase's table (``supabase_ref_thumbnails`` + its check) joins only when Supabase is
-configured, the index upload (``uploaded_index``) only when an upload URL is; without them the
-definitions are the embedded default. Both are in the thumbnails group, so they run in
-``daily_refresh`` when present.
+``dagster dev``, ``dg`` and ``workspace.yaml`` load ``defs``; ``build_definitions(resources)``
+builds the same thing around other resources. Folders whose shape depends on what is configured
+(Supabase, the index upload, the index's source) read the bound resources while they load.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
+from thumblab_dagster.defs.bound import binding
 from thumblab_dagster.defs.resources import resources_from_env
-from thumblab_dagster.defs.supabase.assets import supabase_mirror_in_sync, supabase_ref_thumbnails, uploaded_index
-from thumblab_dagster.defs.thumbnails.assets import niche_index_asset, thumbnail_assets
-from thumblab_dagster.defs.thumbnails.checks import thumbnail_checks
-from thumblab_dagster.defs.thumbnails.schedules import daily_refresh, daily_refresh_schedule
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     resources = resources if resources is not None else resources_from_env()
-    assets, checks = list(thumbnail_assets), list(thumbnail_checks)
-    if "supabase" in resources:
-        assets.append(supabase_ref_thumbnails)
-        checks.append(supabase_mirror_in_sync)
-    engine = resources.get("index_engine")
-    if engine is not None and engine.source == "supabase":
-        # the index reads the table, so the table is filled first
-        assets = [niche_index_asset(extra_deps=[supabase_ref_thumbnails]) if a.key.path == ["niche_index"] else a
-                  for a in assets]
-    if "index_upload" in resources:
-        assets.append(uploaded_index)
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[daily_refresh],
-                          schedules=[daily_refresh_schedule], resources=resources)
+    with binding(resources):
+        loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(loaded, dg.Definitions(resources=resources))
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

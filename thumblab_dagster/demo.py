@@ -44,7 +44,7 @@ def summarise(niche: str, result) -> NicheSummary:
         key = event.asset_key.to_user_string()
         meta = event.materialization.metadata
         if key == "trending_videos":
-            summary.source, summary.videos = _value(meta, "source"), _value(meta, "row_count")
+            summary.source, summary.videos = _value(meta, "source"), _value(meta, "dagster/row_count")
         elif key == "thumbnail_embeddings":
             summary.embedded, summary.skipped = _value(meta, "embedded"), _value(meta, "skipped")
         elif key == "niche_index":
@@ -87,7 +87,9 @@ def format_table(date: str, summaries: list[NicheSummary]) -> str:
 def run_demo(date: str | None = None, niches=NICHES) -> tuple[str, list[NicheSummary]]:
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    from thumblab_dagster.definitions import defs
+    from thumblab_dagster.definitions import build_definitions
+
+    defs = build_definitions()
 
     date = date or today_in_hobart()
     job = defs.resolve_job_def("daily_refresh")

@@ -8,7 +8,6 @@ is an error on that thumbnail, never a failed request.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -21,21 +20,17 @@ from pydantic import BaseModel, Field
 
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote, SupabaseSettings
-from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer
+from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer, thumbnail_library
 from thumblab_dagster.lib.embed import clip as embedding
 from thumblab_dagster.lib.embed.images import FetchError
 from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy, fetch_untrusted_image
-from thumblab_dagster.lib.query.library import (
-    NICHE_NAME,
-    EmbeddingMismatchError,
-    NicheUnavailable,
-    ReferenceLibrary,
-    ScoreResult,
-)
+from thumblab_dagster.lib.query.results import EmbeddingMismatchError, IndexUnavailable, ScoreResult
+from thumblab_dagster.lib.query.spec import NAME_PATTERN
+from thumblab_dagster.lib.settings import SETTING, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "THUMBLAB_INTERNAL_TOKEN"
+TOKEN_ENV = SETTING["internal_token"].env
 MAX_THUMBNAILS = 10
 SIMILAR_K = 5
 
@@ -43,25 +38,24 @@ SIMILAR_K = 5
 @dataclass
 class ServiceSettings:
     publish_dir: str
-    clip_model: str = embedding.DEFAULT_MODEL
-    clip_pretrained: str = embedding.DEFAULT_PRETRAINED
-    clip_device: str = "auto"
+    clip_model: str = SETTING["clip_model"].default
+    clip_pretrained: str = SETTING["clip_pretrained"].default
+    clip_device: str = SETTING["clip_device"].default
     internal_token: str | None = field(default=None, repr=False)  # a secret: never logged or shown
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     supabase: SupabaseSettings = field(default_factory=SupabaseSettings)  # the fallback, when configured
 
     @classmethod
     def from_env(cls, environ=None, publish_dir: str | None = None) -> ServiceSettings:
-        env = os.environ if environ is None else environ
-        supabase = SupabaseSettings.from_env(env)
+        """Every value through ``lib/settings.py``; a bad one raises a one-line ``SettingsError``."""
+        settings = load_settings(environ)
+        supabase = SupabaseSettings.from_env(environ)
         if supabase.problems():
-            raise ValueError(supabase.problems()[0])
-        return cls(publish_dir=publish_dir or str(DataLayout.from_env(env).published),
-                   clip_model=env.get("THUMBLAB_CLIP_MODEL") or embedding.DEFAULT_MODEL,
-                   clip_pretrained=env.get("THUMBLAB_CLIP_PRETRAINED") or embedding.DEFAULT_PRETRAINED,
-                   clip_device=env.get("THUMBLAB_CLIP_DEVICE") or "auto",
-                   internal_token=env.get(TOKEN_ENV) or None, fetch=FetchPolicy.from_env(env),
-                   supabase=supabase)
+            raise SettingsError(supabase.problems()[0])
+        return cls(publish_dir=publish_dir or str(DataLayout.from_env(environ).published),
+                   clip_model=settings.clip_model, clip_pretrained=settings.clip_pretrained,
+                   clip_device=settings.clip_device, internal_token=settings.internal_token,
+                   fetch=FetchPolicy.from_env(environ), supabase=supabase)
 
 
 # --- the wire format (this is also the OpenAPI schema) -------------------------------------
@@ -74,7 +68,7 @@ class ThumbnailIn(BaseModel):
 class ScoreRequest(BaseModel):
     title: str | None = Field(default=None, max_length=1000, description="The video title, scored with CLIP's text tower.")
     thumbnails: list[ThumbnailIn] = Field(min_length=1, max_length=MAX_THUMBNAILS)
-    category: str = Field(default="tech", max_length=64, pattern=NICHE_NAME.pattern,
+    category: str = Field(default="tech", max_length=64, pattern=NAME_PATTERN.pattern,
                           description="The niche to compare with (an unknown niche is scored 50.0, with a reason).",
                           examples=["tech"])
 
@@ -133,7 +127,7 @@ def _percentile(result: ScoreResult) -> Percentile:
 def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None = None) -> FastAPI:
     """The service over ``settings.publish_dir``; ``clip`` skips loading the model (tests)."""
     remote = SupabaseRemote(settings.supabase.store()) if settings.supabase.configured else None
-    library = ReferenceLibrary(settings.publish_dir, remote=remote)
+    library = thumbnail_library(settings.publish_dir, remote=remote)
     state: dict = {}
 
     @asynccontextmanager
@@ -145,7 +139,7 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
             if info["exists"]:
                 try:
                     library.entry(niche)
-                except NicheUnavailable as exc:
+                except IndexUnavailable as exc:
                     log.error("%s not loaded at start: %s", niche, exc)
         with ThreadPoolExecutor(max_workers=MAX_THUMBNAILS, thread_name_prefix="fetch") as pool:
             state["pool"] = pool

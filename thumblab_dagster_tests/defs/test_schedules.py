@@ -4,7 +4,9 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from thumblab_dagster.definitions import defs
+from thumblab_dagster.definitions import build_definitions
+
+defs = build_definitions()
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 
 HOBART = ZoneInfo("Australia/Hobart")

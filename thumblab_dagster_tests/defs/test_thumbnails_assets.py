@@ -8,20 +8,20 @@ import pandas as pd
 import pytest
 
 from thumblab_dagster.defs.resources import TrendingSourceResource
-from thumblab_dagster.defs.thumbnails.assets import thumbnail_assets
+from thumblab_dagster.defs.thumbnails.definitions import thumbnail_definitions
 from thumblab_dagster.defs.thumbnails.checks import (
     EMBEDDING_WEIGHTS_PRETRAINED,
     EMBEDDINGS_VALID,
     ID_MAP_ALIGNMENT,
     INDEX_RECALL,
     TRENDING_NOT_EMPTY,
-    thumbnail_checks,
 )
 from thumblab_dagster.lib.embed.clip import read_embeddings
 from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster_tests.conftest import TEST_KEY
 
-EVERYTHING = [*thumbnail_assets, *thumbnail_checks]
+_THUMBNAILS = thumbnail_definitions({})
+EVERYTHING = [*_THUMBNAILS.assets, *_THUMBNAILS.asset_checks]
 D1, D2, D3 = "2026-11-18", "2026-11-19", "2026-11-20"
 
 
@@ -67,7 +67,7 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     tech_d2 = results["tech"]
 
     assert meta(tech_d2, "trending_videos")["source"] == "youtube"
-    assert meta(tech_d2, "trending_videos")["row_count"] == 10
+    assert meta(tech_d2, "trending_videos")["dagster/row_count"] == 10
     trending = pd.read_parquet(layout.trending("tech", D2))
     assert trending.loc[0, "thumbnail_url"].endswith("/tech005.jpg")  # the largest offered, not _small
     assert (trending["views_per_hour"] > 0).all() and trending["collected_at"].notna().all()
@@ -141,7 +141,7 @@ def test_category_without_chart_gives_an_empty_partition_not_a_crash(resources, 
     youtube.errors["22"] = [(404, "videoChartNotFound")]
     result = run(resources, f"{D1}|people", instance)
     assert result.success
-    assert meta(result, "trending_videos")["row_count"] == 0
+    assert meta(result, "trending_videos")["dagster/row_count"] == 0
     assert "no mostPopular chart" in meta(result, "trending_videos")["warnings"]
     assert checks_of(result)[TRENDING_NOT_EMPTY] is False
     assert checks_of(result)[ID_MAP_ALIGNMENT] is True

@@ -2,6 +2,7 @@ import io
 
 from PIL import Image
 
+from thumblab_dagster.lib.collections.thumbnails.sample_source import FETCH_SCHEMES
 from thumblab_dagster.lib.embed.images import fetch_images
 from thumblab_dagster_tests.fakes.youtube import jpeg
 
@@ -38,7 +39,7 @@ def test_local_files_and_sample_thumbnails(tmp_path):
     path = tmp_path / "thumb.jpg"
     path.write_bytes(jpeg(3))
     results = fetch_images([str(path), f"file://{path}", "sample://gaming/abcdefghijk.png",
-                            str(tmp_path / "nope.jpg"), "ftp://example.invalid/x.jpg"])
+                            str(tmp_path / "nope.jpg"), "ftp://example.invalid/x.jpg"], schemes=FETCH_SCHEMES)
     assert [r.ok for r in results] == [True, True, True, False, False]
     assert results[3].error == "file not found"
     assert "unsupported URL scheme" in results[4].error

@@ -6,7 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from thumblab_dagster.lib.query.library import EmbeddingMismatchError, ReferenceLibrary
+from thumblab_dagster.lib.collections.thumbnails.scoring import thumbnail_library
+from thumblab_dagster.lib.query import EmbeddingMismatchError
 from thumblab_dagster_tests.fakes.libraries import clustered, leave_one_out_scores, publish_niche, unit
 
 N = 600
@@ -17,7 +18,7 @@ def library(tmp_path):
     vectors = clustered(N)
     ids = [f"vid{i:04d}" for i in range(N)]
     publish_niche(tmp_path / "pub", "tech", vectors, ids, snapshot="2026-11-20")
-    return ReferenceLibrary(tmp_path / "pub"), vectors, ids
+    return thumbnail_library(tmp_path / "pub"), vectors, ids
 
 
 def test_a_reference_vector_scores_at_its_own_reference_percentile(library):
@@ -36,7 +37,7 @@ def test_a_vector_orthogonal_to_everything_scores_near_zero(tmp_path):
     publish_niche(tmp_path / "pub", "tech", unit(vectors), [str(i) for i in range(N)], snapshot="2026-11-20")
     query = np.zeros(64, np.float32)
     query[-1] = 1.0
-    result = ReferenceLibrary(tmp_path / "pub").similarity_percentile(query, "tech")
+    result = thumbnail_library(tmp_path / "pub").similarity_percentile(query, "tech")
     assert result.score == pytest.approx(0.0, abs=1e-6)
     assert result.percentile < 1.0
 
@@ -52,7 +53,7 @@ def test_weighted_percentile_moves_the_way_the_weights_say(tmp_path):
         vph[heavy], vph[light] = 1e6, 1.0
         publish_niche(tmp_path / name.replace(" ", "_"), "tech", vectors, [str(i) for i in range(N)],
                       snapshot="2026-11-20", views_per_hour=vph)
-        lib = ReferenceLibrary(tmp_path / name.replace(" ", "_"))
+        lib = thumbnail_library(tmp_path / name.replace(" ", "_"))
         results[name] = (lib.similarity_percentile(query, "tech"),
                          lib.similarity_percentile(query, "tech", weight="views_per_hour"))
         # the weighted score is the log1p(views)-weighted mean of the same ten neighbours
@@ -105,12 +106,12 @@ def test_fallbacks_say_why_and_never_raise(library, tmp_path, caplog):
     assert "no index for niche 'gaming'" in caplog.text
 
     remote = Remote()
-    with_remote = ReferenceLibrary(lib.root, remote=remote)
+    with_remote = thumbnail_library(lib.root, remote=remote)
     got = with_remote.similarity_percentile(vectors[0], "gaming")
     assert (got.percentile, got.source) == (73.0, "remote") and "test-remote" in got.reason
     assert with_remote.similarity_percentile(vectors[0], "tech").source == "local" and remote.calls == ["gaming"]
     assert with_remote.similar(vectors[0], "gaming", k=3)[0]["video_id"] == "remote-1"
-    down = ReferenceLibrary(lib.root, remote=Remote(fail=True)).similarity_percentile(vectors[0], "gaming")
+    down = thumbnail_library(lib.root, remote=Remote(fail=True)).similarity_percentile(vectors[0], "gaming")
     assert down.is_default and "test-remote failed (ConnectionError; see the service log)" in down.reason
 
     publish_niche(tmp_path / "pub", "people", np.empty((0, 64), np.float32), [], snapshot="2026-11-20")
@@ -215,7 +216,7 @@ def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(library,
 def test_a_fresh_library_refuses_a_corrupt_index_with_a_reason(library, tmp_path):
     lib, vectors, _ = library
     (tmp_path / "pub" / "tech_ids.npy").write_bytes(b"garbage")
-    result = ReferenceLibrary(tmp_path / "pub").similarity_percentile(vectors[0], "tech")
+    result = thumbnail_library(tmp_path / "pub").similarity_percentile(vectors[0], "tech")
     assert result.is_default and "tech_ids.npy" in result.reason and "refused" in result.reason
 
 
@@ -242,7 +243,7 @@ def test_a_load_that_may_pass_later_is_retried_not_refused_for_good(library, tmp
 
     lib, vectors, _ = library
     calls = []
-    real = reference._load_version
+    real = reference.load_snapshot
 
     def flaky(*args):
         calls.append(1)
@@ -250,7 +251,7 @@ def test_a_load_that_may_pass_later_is_retried_not_refused_for_good(library, tmp
             raise OSError(24, "Too many open files")
         return real(*args)
 
-    monkeypatch.setattr(reference, "_load_version", flaky)
+    monkeypatch.setattr(reference, "load_snapshot", flaky)
     first = lib.similarity_percentile(vectors[0], "tech")
     assert first.is_default and "Too many open files" in first.reason and "retrying" in first.reason
     assert lib.similarity_percentile(vectors[0], "tech").is_default and len(calls) == 1  # not on every query

@@ -288,11 +288,11 @@ def test_an_index_directory_goes_to_supabase_storage_dated_then_latest(fake, tmp
 
 def test_the_library_falls_back_to_match_ref_thumbnails_over_rpc(fake, store, tmp_path):
     from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote
-    from thumblab_dagster.lib.query.library import ReferenceLibrary
+    from thumblab_dagster.lib.collections.thumbnails.scoring import thumbnail_library
 
     recs, vectors = records(40, niche="gaming", dim=8)
     store.upsert(recs)
-    library = ReferenceLibrary(tmp_path, remote=SupabaseRemote(store))
+    library = thumbnail_library(tmp_path, remote=SupabaseRemote(store))
     found = library.similar(vectors[3], "gaming", k=3)
     assert found.source == "remote" and found[0]["video_id"] == "v00003"
     assert "searched by supabase (SUPABASE_URL)" in found.reason

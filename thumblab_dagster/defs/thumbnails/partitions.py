@@ -9,6 +9,9 @@ import dagster as dg
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES, TIMEZONE, WINDOW_DAYS
 
 START_DATE = "2026-01-01"
+GROUP = "thumbnails"
+OWNERS = ["team:thumblab"]
+TAGS = {"collection": "thumbnails"}
 
 # end_offset=1: the 03:00 tick on day D targets partition D (D's window is still open then).
 date_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone=TIMEZONE, end_offset=1)

@@ -1,10 +1,10 @@
-"""Jobs and schedules."""
+"""The thumbnails' job and its 03:00 Australia/Hobart schedule."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from thumblab_dagster.defs.thumbnails.assets import GROUP
+from thumblab_dagster.defs.thumbnails.partitions import GROUP
 
 daily_refresh = dg.define_asset_job(
     "daily_refresh",
@@ -13,4 +13,8 @@ daily_refresh = dg.define_asset_job(
 )
 
 # 03:00 Australia/Hobart (the partitions' timezone); each tick requests D|<niche> for all niches.
-daily_refresh_schedule = dg.build_schedule_from_partitioned_job(daily_refresh, hour_of_day=3, minute_of_hour=0)
+daily_refresh_schedule = dg.build_schedule_from_partitioned_job(
+    daily_refresh, hour_of_day=3, minute_of_hour=0,
+    description="Every day at 03:00 Australia/Hobart: that day's trending thumbnails for all five niches "
+                "(tech, gaming, education, entertainment, people), embedded, indexed, checked and published.",
+)

@@ -1,4 +1,4 @@
-"""The one image fetcher: http(s), local files and ``sample://`` thumbnails.
+"""The one image fetcher: http(s), local files, and schemes a collection registers (``sample://``).
 
 Every failure is a ``FetchError`` with a short reason, so a caller can skip and count it.
 """
@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,6 @@ from urllib.parse import urlparse
 import requests
 from PIL import Image
 
-from thumblab_dagster.lib.collections.thumbnails import sample_source
 from thumblab_dagster.lib.embed.http import retrying_session
 
 log = logging.getLogger(__name__)
@@ -103,12 +102,16 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
     return path.read_bytes()
 
 
+# A collection's own URL schemes (e.g. the bundled sample's ``sample://``): scheme -> url -> bytes.
+Schemes = Mapping[str, Callable[[str], bytes]]
+
+
 def fetch_image_bytes(url: str, *, session: requests.Session | None = None, timeout_s: float = 10.0,
-                      max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+                      max_bytes: int = DEFAULT_MAX_BYTES, schemes: Schemes | None = None) -> bytes:
     scheme = urlparse(url).scheme.lower()
-    if url.startswith(sample_source.SCHEME):
+    if schemes and scheme in schemes:
         try:
-            return sample_source.thumbnail_bytes(url)
+            return schemes[scheme](url)
         except ValueError as exc:
             raise FetchError(str(exc)) from None
     if scheme in ("http", "https"):
@@ -130,7 +133,7 @@ def reason_kind(reason: str) -> str:
 
 
 def fetch_images(urls: Sequence[str], *, max_workers: int = 8, timeout_s: float = 10.0,
-                 max_bytes: int = DEFAULT_MAX_BYTES, retries: int = 1,
+                 max_bytes: int = DEFAULT_MAX_BYTES, retries: int = 1, schemes: Schemes | None = None,
                  progress: Callable[[int, int], None] | None = None) -> list[FetchResult]:
     """Fetch many images with a bounded thread pool; results keep the order of ``urls``."""
     session = retrying_session(retries=retries, backoff_factor=0.2, pool_size=max_workers)
@@ -138,7 +141,7 @@ def fetch_images(urls: Sequence[str], *, max_workers: int = 8, timeout_s: float 
     def one(url: str) -> FetchResult:
         try:
             return FetchResult(url, image=fetch_image(url, session=session, timeout_s=timeout_s,
-                                                       max_bytes=max_bytes))
+                                                       max_bytes=max_bytes, schemes=schemes))
         except FetchError as exc:
             return FetchResult(url, error=str(exc))
 

@@ -9,8 +9,6 @@ Every failure is a ``FetchError`` whose text never contains the URL's query stri
 from __future__ import annotations
 
 import ipaddress
-import math
-import os
 import re
 import socket
 import time
@@ -26,10 +24,11 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 
 from thumblab_dagster.lib.embed.http import USER_AGENT
 from thumblab_dagster.lib.embed.images import DEFAULT_MAX_BYTES, FetchError, decode_image
+from thumblab_dagster.lib.settings import SETTING, load_settings
 
-ALLOW_ENV = "THUMBLAB_FETCH_ALLOW_PRIVATE"
-TIMEOUT_ENV = "THUMBLAB_FETCH_TIMEOUT_S"
-MAX_BYTES_ENV = "THUMBLAB_FETCH_MAX_BYTES"
+ALLOW_ENV = SETTING["fetch_allow_private"].env  # the variables are declared in lib/settings.py
+TIMEOUT_ENV = SETTING["fetch_timeout_s"].env
+MAX_BYTES_ENV = SETTING["fetch_max_bytes"].env
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _HOST_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 _CHUNK = 64 * 1024
@@ -71,32 +70,15 @@ class FetchPolicy:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FetchPolicy:
-        env = os.environ if environ is None else environ
-        kwargs: dict = {}
-        if raw := env.get(ALLOW_ENV, "").strip():
-            entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+        """THUMBLAB_FETCH_ALLOW_PRIVATE, _TIMEOUT_S and _MAX_BYTES, read through ``lib/settings.py``."""
+        settings = load_settings(environ)
+        entries = settings.fetch_allow_private
+        for entry in entries:  # each must be a host name, an IP or a CIDR
             try:
-                for entry in entries:
-                    _allow_entry(entry)
+                _allow_entry(entry)
             except ValueError as exc:
-                raise ValueError(f"{ALLOW_ENV}: {exc}; set it to comma-separated hosts, IPs or CIDRs, "
-                                 "e.g. 127.0.0.1,10.0.0.0/8,localhost") from None
-            kwargs["allowed_private"] = entries
-        if raw := env.get(TIMEOUT_ENV, "").strip():
-            kwargs["read_timeout_s"] = _positive(raw, float, TIMEOUT_ENV, "number of seconds, e.g. 5")
-        if raw := env.get(MAX_BYTES_ENV, "").strip():
-            kwargs["max_bytes"] = _positive(raw, int, MAX_BYTES_ENV, "whole number of bytes, e.g. 5242880")
-        return cls(**kwargs)
-
-
-def _positive(raw: str, kind: type, var: str, what: str):
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{var}={raw!r} is invalid; set it to a positive {what}")
-    return value
+                raise SETTING["fetch_allow_private"].error(",".join(entries), str(exc)) from None
+        return cls(allowed_private=entries, read_timeout_s=settings.fetch_timeout_s, max_bytes=settings.fetch_max_bytes)
 
 
 class _Target(NamedTuple):

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.engine.search import Searcher
 from thumblab_dagster.lib.engine.sources import VectorSource, sample_rows
 
+log = logging.getLogger(__name__)
+
 REFERENCE_SAMPLE = 20_000            # rows whose leave-one-out top-k mean forms the percentile reference
 
 
-WEIGHTINGS = ("views_per_hour",)  # metadata columns a percentile may be weighted by (log1p of the value)
-
-
-def row_weights(metadata, weighting: str) -> np.ndarray:
+def row_weights(metadata, column: str) -> np.ndarray:
     """Per-row weights for a weighted percentile: log1p of a metadata column (missing or negative -> 0).
 
     Build and query side both call this, so the reference and an upload are weighted alike.
+    Which columns a collection weights by is the collection's to say; any column works here.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weight {weighting!r}: use one of {', '.join(WEIGHTINGS)} or none")
-    if metadata is None or weighting not in metadata:
-        raise ValueError(f"weighting by {weighting!r} needs a {weighting!r} metadata column")
-    values = np.asarray(pd.to_numeric(metadata[weighting], errors="coerce"), dtype=np.float64)
+    if metadata is None or column not in metadata:
+        raise ValueError(f"weighting by {column!r} needs a {column!r} metadata column")
+    values = np.asarray(pd.to_numeric(metadata[column], errors="coerce"), dtype=np.float64)
     return np.log1p(np.clip(np.nan_to_num(values, nan=0.0), 0.0, None))
 
 
@@ -35,8 +36,8 @@ def weighted_mean(sims: np.ndarray, weights: np.ndarray | None) -> float:
 
 
 def reference_scores(searcher: Searcher, source: VectorSource, k: int = 10, sample: int = REFERENCE_SAMPLE,
-                     seed: int = 0, batch: int = 4096,
-                     weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                     seed: int = 0, batch: int = 4096, weights: np.ndarray | None = None,
+                     progress: Callable[[str, str], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Each sampled row's leave-one-out mean similarity to its top-k neighbours, sorted.
 
     The similarity-percentile scorer (query side) ranks an upload's top-k mean against this
@@ -45,6 +46,11 @@ def reference_scores(searcher: Searcher, source: VectorSource, k: int = 10, samp
     mean (each neighbour's similarity weighted by its own weight), returned second.
     """
     rows = sample_rows(source.n, min(sample, source.n), seed + 3)
+    message = (f"reference over {len(rows):,} rows of {source.n:,}: leave-one-out top-{k} mean similarity"
+               + (", also weighted" if weights is not None else ""))
+    log.info(message)
+    if progress is not None:
+        progress("reference", message)
     plain, weighted = [], []
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]

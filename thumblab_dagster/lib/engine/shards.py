@@ -8,9 +8,9 @@ offset drifted (faiss's ``merge_from`` without ``add_id`` pitfall) is caught by 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import faiss
@@ -18,22 +18,23 @@ import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.engine.files import atomic_dir, write_json_atomic
+from thumblab_dagster.lib.engine.ids import PositionIds, prepare_ids, read_ids, write_ids
 from thumblab_dagster.lib.engine.index_dir import (
-    FORMAT_VERSION,
-    MANIFEST_FILE,
     IndexIntegrityError,
-    _describe_files,
     as_float32,
-    checksum_problems,
+    finish_manifest,
     load_index_dir,
     read_manifest,
     searcher_for,
+    verified,
     write_sidecars,
 )
+from thumblab_dagster.lib.engine.manifest import ID_MAP_FILE, SHARDED, Manifest
 from thumblab_dagster.lib.engine.search import RangeHits, Searcher
 
-ID_MAP_FILE = "id_map.json"
-SHARDED = "sharded"
+__all__ = ["ID_MAP_FILE", "SHARDED"]
+
+log = logging.getLogger(__name__)
 
 
 def shard_name(i: int) -> str:
@@ -52,34 +53,45 @@ def labelled_part(empty: faiss.Index) -> faiss.Index:
     return faiss.IndexIDMap2(faiss.clone_index(empty))
 
 
-def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shards: list[dict], ids: list[str], *,
+def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shards: list[dict], ids, *,
                       factory: str, metric: str, metadata: pd.DataFrame | None = None, extra: dict | None = None,
-                      extra_files: dict[str, os.PathLike] | None = None) -> dict:
-    """Write filled shard indices, the id map and the manifest as one atomic directory swap."""
-    ids = [str(i) for i in ids]
-    if sum(p.ntotal for p in parts) != len(ids) or len(parts) != len(shards):
-        raise IndexIntegrityError(f"refusing to write: {sum(p.ntotal for p in parts)} vectors in {len(parts)} "
-                                  f"shards but {len(ids)} ids and {len(shards)} planned shards")
+                      extra_files: dict[str, os.PathLike] | None = None, id_column: str | None = None,
+                      embedding: dict | None = None, source_partitions: list[str] | None = None) -> Manifest:
+    """Write filled shard indices, the id map and the manifest as one atomic directory swap.
+
+    ``id_map.json`` lists the shards (file, offset, count); string ids go to ``ids.npy`` as for
+    a single index (none for position ids).
+    """
+    total = int(sum(p.ntotal for p in parts))
+    try:
+        ids = prepare_ids(ids, total)
+    except ValueError as exc:
+        raise IndexIntegrityError(f"refusing to write: {exc}") from None
+    if len(parts) != len(shards) or sum(s["count"] for s in shards) != total:
+        raise IndexIntegrityError(f"refusing to write: {total} vectors in {len(parts)} shards but "
+                                  f"{len(shards)} planned shards covering {sum(s['count'] for s in shards)}")
     with atomic_dir(target) as tmp:
         for shard, part in zip(shards, parts):
             faiss.write_index(part, str(tmp / shard["file"]))
-        write_json_atomic(tmp / ID_MAP_FILE, {"ids": ids, "shards": shards})
-        names = [s["file"] for s in shards] + [ID_MAP_FILE] + write_sidecars(tmp, metadata, extra_files)
-        manifest = {"format_version": FORMAT_VERSION, "layout": SHARDED, "factory": factory, "metric": metric,
-                    "dim": int(parts[0].d) if parts else 0, "ntotal": len(ids),
-                    "shard_size": max((s["count"] for s in shards), default=0), "shards": shards,
-                    "files": _describe_files(tmp, names), "faiss_version": faiss.__version__,
-                    "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
-        write_json_atomic(tmp / MANIFEST_FILE, manifest)
+        write_json_atomic(tmp / ID_MAP_FILE, {"shards": shards})
+        ids_entry, id_files = write_ids(tmp, ids)
+        names = [s["file"] for s in shards] + [ID_MAP_FILE, *id_files, *write_sidecars(tmp, metadata, extra_files,
+                                                                                       id_column)]
+        manifest = finish_manifest(tmp, names, {
+            "layout": SHARDED, "factory": factory, "metric": metric, "dim": int(parts[0].d) if parts else 0,
+            "ntotal": total, "shard_size": max((s["count"] for s in shards), default=0), "shards": shards,
+            "ids": ids_entry, "id_column": id_column, "embedding": embedding or {},
+            "source_partitions": sorted(source_partitions or []), **(extra or {})})
+    log.info("wrote %s over %s vectors in %d shards to %s", factory, f"{total:,}", len(shards), target)
     return manifest
 
 
 @dataclass
 class ShardedIndex:
     shards: list[faiss.Index]
-    ids: np.ndarray
+    ids: np.ndarray | PositionIds      # len(), ids[pos], ids[positions], tolist()
     offsets: list[dict]
-    manifest: dict
+    manifest: Manifest
     directory: Path
     searcher: Searcher | None = None
 
@@ -106,12 +118,10 @@ def load_sharded(directory: str | os.PathLike, verify: bool = True) -> ShardedIn
     directory = Path(directory)
     manifest = read_manifest(directory)
     if verify:
-        problems = checksum_problems(directory, manifest)
-        if problems:
-            raise IndexIntegrityError(f"sharded index at {directory} fails its manifest: {'; '.join(problems)}")
+        verified(directory, manifest, "sharded index")
     id_map = json.loads((directory / ID_MAP_FILE).read_text())
     shards = [faiss.read_index(str(directory / s["file"])) for s in id_map["shards"]]
-    return ShardedIndex(shards, np.asarray(id_map["ids"], dtype=str), id_map["shards"], manifest, directory)
+    return ShardedIndex(shards, read_ids(directory, manifest), id_map["shards"], manifest, directory)
 
 
 def shard_label_problems(index: ShardedIndex) -> list[str]:
@@ -134,12 +144,12 @@ def shard_label_problems(index: ShardedIndex) -> list[str]:
     return problems
 
 
-def load_any(directory: str | os.PathLike, manifest: dict | None = None, verify: bool = True):
+def load_any(directory: str | os.PathLike, manifest: Manifest | None = None, verify: bool = True):
     """A single or sharded index directory, whichever the manifest says it is.
 
     ``verify=False`` is for validators, which report problems instead of raising.
     """
     manifest = manifest or read_manifest(directory)
-    if manifest.get("layout") == SHARDED:
+    if manifest.is_sharded:
         return load_sharded(directory, verify=verify)
     return load_index_dir(directory, verify=verify)

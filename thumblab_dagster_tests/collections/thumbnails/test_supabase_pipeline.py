@@ -20,10 +20,10 @@ from thumblab_dagster.defs.resources import (
 from thumblab_dagster.defs.supabase.assets import SUPABASE_MIRROR_IN_SYNC
 from thumblab_dagster.defs.thumbnails.checks import ID_MAP_ALIGNMENT
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote
-from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer
+from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer, thumbnail_library
 from thumblab_dagster.lib.embed.clip import read_embeddings
 from thumblab_dagster.lib.engine import index_dir as vector_index
-from thumblab_dagster.lib.query.library import EmbeddingMismatchError, ReferenceLibrary
+from thumblab_dagster.lib.query import EmbeddingMismatchError
 from thumblab_dagster.lib.stores.supabase_sql import SqlStore, migrate
 from thumblab_dagster.lib.stores.upload import FsspecDestination, UploadError, upload_index_dir
 from thumblab_dagster_tests.fakes.libraries import clustered, publish_niche
@@ -153,9 +153,9 @@ def test_a_missing_local_index_falls_back_to_the_table_and_says_so(tmp_path, db_
                           "collected_at": pd.Timestamp("2026-11-19T03:00Z")})
     with SqlStore(db_url) as store:
         store.upsert(to_records(frame, vectors, "ViT-B-32|random-init"))
-        remote = ReferenceLibrary(tmp_path / "empty", remote=SupabaseRemote(store))
+        remote = thumbnail_library(tmp_path / "empty", remote=SupabaseRemote(store))
         publish_niche(tmp_path / "pub", "tech", vectors, ids, snapshot=D)
-        local = ReferenceLibrary(tmp_path / "pub")
+        local = thumbnail_library(tmp_path / "pub")
         query = clustered(5, d=d, seed=9)
         for q in query:
             answer = remote.similarity_percentile(q, "tech")

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_DATA_ROOT = "thumblab_data"
+from thumblab_dagster.lib.settings import SETTING, load_settings
+
+DEFAULT_DATA_ROOT = SETTING["data_root"].default  # declared in lib/settings.py
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,8 @@ class DataLayout:
     @classmethod
     def from_env(cls, environ=None):
         """THUMBLAB_DATA_ROOT and THUMBLAB_PUBLISH_DIR, as the pipeline's storage resource reads them."""
-        env = os.environ if environ is None else environ
-        return cls.at(env.get("THUMBLAB_DATA_ROOT") or DEFAULT_DATA_ROOT, env.get("THUMBLAB_PUBLISH_DIR") or None)
+        settings = load_settings(environ)
+        return cls.at(settings.data_root, settings.publish_dir)
 
     def trending(self, niche: str, date: str) -> Path:
         return self.root / "trending" / niche / f"{date}.parquet"

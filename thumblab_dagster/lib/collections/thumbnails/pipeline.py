@@ -124,7 +124,7 @@ def embed_thumbnails(layout: DataLayout, niche: str, date: str, clip: LoadedClip
     urls = frame["thumbnail_url"].tolist()
     log.info(f"fetching {len(urls)} thumbnails ({fetch.max_workers} threads)")
     results = fetch_images(urls, max_workers=fetch.max_workers, timeout_s=fetch.timeout_s,
-                           max_bytes=fetch.max_bytes,
+                           max_bytes=fetch.max_bytes, schemes=sample_source.FETCH_SCHEMES,
                            progress=lambda done, total: log.info(f"fetched {done}/{total} thumbnails"))
     ok = [i for i, r in enumerate(results) if r.ok]
     failed = [(frame["video_id"].iloc[i], r.error) for i, r in enumerate(results) if not r.ok]

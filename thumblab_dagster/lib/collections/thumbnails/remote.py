@@ -8,7 +8,6 @@ fetched once per niche and kept for ``reference_ttl_s``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from thumblab_dagster.lib.embed.clip import weights_label
-from thumblab_dagster.lib.query.library import SELF_MATCH, EmbeddingMismatchError, percentile_of
+from thumblab_dagster.lib.query.ranking import percentile_of, without_self
+from thumblab_dagster.lib.query.results import EmbeddingMismatchError
+from thumblab_dagster.lib.settings import load_settings
 from thumblab_dagster.lib.stores.supabase import ReferenceStore
 
 REFERENCE_SAMPLE = 500
@@ -32,8 +33,9 @@ class SupabaseSettings:
 
     @classmethod
     def from_env(cls, environ=None) -> SupabaseSettings:
-        env = os.environ if environ is None else environ
-        return cls(env.get("SUPABASE_URL") or None, env.get("SUPABASE_KEY") or None, env.get("SUPABASE_DB_URL") or None)
+        """SUPABASE_URL, SUPABASE_KEY and SUPABASE_DB_URL, read through ``lib/settings.py``."""
+        settings = load_settings(environ)
+        return cls(settings.supabase_url, settings.supabase_key, settings.supabase_db_url)
 
     @property
     def configured(self) -> bool:
@@ -60,7 +62,7 @@ class SupabaseSettings:
 
 
 class SupabaseRemote:
-    """``RemoteSearch`` over a ``ReferenceStore``."""
+    """The query side's ``RemoteSearch`` over a ``ReferenceStore``: names are niches, rows carry ``video_id``."""
 
     def __init__(self, store: ReferenceStore, reference_ttl_s: float = 900.0, sample: int = REFERENCE_SAMPLE):
         self.store, self.reference_ttl_s, self.sample = store, reference_ttl_s, sample
@@ -100,8 +102,7 @@ class SupabaseRemote:
         if not sims:
             raise LookupError(f"the shared store holds no {niche} rows")
         # leave-one-out, as the reference was built (and as the local scorer does)
-        sims = sims[1:k + 1] if sims[0] >= SELF_MATCH and len(sims) > 1 else sims[:k]
-        return percentile_of(float(np.mean(sims)), self._reference(niche, k))
+        return percentile_of(float(np.mean(sims[without_self(sims, k)])), self._reference(niche, k))
 
 
 def remote_from_env(environ=None) -> SupabaseRemote | None:

@@ -171,3 +171,7 @@ def thumbnail_bytes(url: str) -> bytes:
     buf = io.BytesIO()
     render_thumbnail(niche, video_id).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# For the image fetcher: thumbnails of the bundled sample are drawn, not downloaded.
+FETCH_SCHEMES = {SCHEME.rstrip(":/"): thumbnail_bytes}

@@ -1,26 +1,43 @@
 """Scoring an upload (an image or a title) against a niche: the pipeline's embedder, then the library.
 
-The CLI and the HTTP service both go through ``UploadScorer``, so an upload is embedded exactly
-as the pipeline embeds thumbnails (same model, same preprocessing, ``embed_images`` /
-``embed_texts``) and refused when the niche's index was built with another model.
+``thumbnail_library`` is the query side configured for thumbnails (the five niches, ``video_id``,
+the columns a similar reference shows, the views-per-hour weighting, the word "niche"). The CLI
+and the HTTP service both go through ``UploadScorer``, so an upload is embedded exactly as the
+pipeline embeds thumbnails (same model, same preprocessing, ``embed_images`` / ``embed_texts``)
+and refused when the niche's index was built with another model.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K
+from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
+from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT
 from thumblab_dagster.lib.embed.clip import LoadedClip, embed_images, embed_texts
-from thumblab_dagster.lib.query.library import (
+from thumblab_dagster.lib.query import (
     EmbeddingMismatchError,
-    NicheUnavailable,
+    IndexUnavailable,
+    LibrarySpec,
     ReferenceLibrary,
+    RemoteSearch,
     ScoreResult,
+    SideIndex,
     SimilarResult,
 )
+
+THUMBNAILS = LibrarySpec(
+    names=NICHES, id_key="video_id", columns=("title", "thumbnail_url", "views_per_hour"),
+    weightings=(PERCENTILE_WEIGHT,), noun="niche", missing_hint="run the pipeline, or check THUMBLAB_PUBLISH_DIR",
+    side=SideIndex(key="titles", label="title"))  # CLIP text-tower vectors of the titles (pipeline.prepare_titles)
+
+
+def thumbnail_library(root: str | os.PathLike, remote: RemoteSearch | None = None) -> ReferenceLibrary:
+    """The published niche indices under ``root`` (``faiss_indices/``), with an optional fallback."""
+    return ReferenceLibrary(root, THUMBNAILS, remote=remote)
 
 
 @dataclass
@@ -29,7 +46,7 @@ class ImageScore:
     similar: SimilarResult
 
     def as_dict(self) -> dict:
-        return {**self.percentile.as_dict(), "similar": list(self.similar),
+        return {**self.percentile.as_dict(name_key="niche"), "similar": list(self.similar),
                 "similar_source": self.similar.source}
 
 
@@ -41,7 +58,7 @@ class UploadScorer:
         """Raise ``EmbeddingMismatchError`` if the niche's local index came from another model."""
         try:
             entry = self.library.entry(niche)
-        except NicheUnavailable:
+        except IndexUnavailable:
             # nothing local: the remote answers, so its rows must come from the same model
             check = getattr(self.library.remote, "check_model", None)
             if check is not None:
@@ -70,4 +87,4 @@ class UploadScorer:
 
     def score_title(self, title: str, niche: str) -> ScoreResult:
         self.check_model(niche)
-        return self.library.title_percentile(embed_texts(self.clip, [title])[0], niche, PERCENTILE_K)
+        return self.library.side_percentile(embed_texts(self.clip, [title])[0], niche, PERCENTILE_K)

@@ -1,0 +1,194 @@
+"""The shared index tail: index -> id_map_alignment (blocking) -> index_recall (WARN) -> published
+copy -> stats -> upload (when configured), written once for every collection.
+
+A collection hands ``index_tail`` an ``IndexTail``: its partitions, what the index depends on,
+and small functions that do the work through lib/ (build, re-check, publish, measure, upload).
+The factory owns the Dagster shape: names, blocking, severities, metadata, the engine's progress
+in the event log, and never showing a publish that did not happen as a success.
+"""
+
+
+import base64
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+
+ID_MAP_ALIGNMENT = "id_map_alignment"
+INDEX_RECALL = "index_recall"
+ENGINE_LOGGER = "thumblab_dagster.lib"  # every lib/ module logs under it (engine stages, fetches, stores)
+
+
+@dataclass(frozen=True)
+class Built:
+    """What building an index produced: where it is and what the UI should show about it."""
+
+    path: str
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Published:
+    published: bool
+    reason: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Index stats: figures (metadata) and pictures (name -> PNG bytes), shown inline as markdown."""
+
+    metadata: Mapping[str, Any]
+    pictures: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IndexTail:
+    """One collection's index tail. Each function takes the asset's (or check's) context."""
+
+    group: str
+    partitions_def: dg.PartitionsDefinition | None
+    index_deps: Sequence[Any]
+    build: Callable[[Any], Built]
+    check_alignment: Callable[[Any], Any]          # -> lib.engine.validate.AlignmentReport
+    check_recall: Callable[[Any], dict]            # -> lib.engine.tune.verify_recall's dict
+    publish: Callable[[Any], Published]
+    measure: Callable[[Any], Measured]
+    upload: Callable[[Any], Mapping[str, Any]] | None = None   # -> metadata; needs resource "index_upload"
+    resource_keys: frozenset[str] = frozenset({"storage", "index_engine"})
+    index_name: str = "index"
+    published_name: str = "published_index"
+    stats_name: str = "index_stats"
+    upload_name: str = "uploaded_index"
+    owners: Sequence[str] = ("team:thumblab",)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    code_version: str = "1"
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+
+class _ToDagsterLog(logging.Handler):
+    """Forwards lib/'s log records (engine progress: train, add, tune, reference) to the run's event log."""
+
+    def __init__(self, dagster_log):
+        super().__init__(logging.INFO)
+        self.dagster_log = dagster_log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record must not fail the build
+            return
+        level = "error" if record.levelno >= logging.ERROR else "warning" if record.levelno >= logging.WARNING else "info"
+        getattr(self.dagster_log, level)(message)
+
+
+@contextlib.contextmanager
+def lib_logs_to(dagster_log) -> Iterator[None]:
+    """While the body runs, lib/'s INFO+ records also reach ``dagster_log`` (the UI's event log)."""
+    logger = logging.getLogger(ENGINE_LOGGER)
+    handler = _ToDagsterLog(dagster_log)
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def pictures_md(pictures: Mapping[str, bytes]) -> dg.MetadataValue:
+    """PNG pictures as one markdown value (Dagster renders base64 images in markdown metadata)."""
+    parts = [f"**{name}**\n\n![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
+             for name, png in pictures.items()]
+    return dg.MetadataValue.md("\n\n".join(parts))
+
+
+def _check_metadata(values: Mapping[str, Any]) -> dict:
+    return {k: ("none" if v is None else round(v, 4) if isinstance(v, float) else
+                v if isinstance(v, (int, str, bool)) else str(v)) for k, v in values.items()}
+
+
+def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.AssetsDefinition], list]:
+    """The tail's assets and checks for one collection: (assets, asset_checks)."""
+    common = dict(partitions_def=tail.partitions_def, group_name=tail.group, owners=list(tail.owners),
+                  tags=dict(tail.tags))
+
+    @dg.asset(name=tail.index_name, deps=list(tail.index_deps), kinds={"faiss"}, code_version=tail.code_version,
+              required_resource_keys=set(tail.resource_keys),
+              description=tail.descriptions.get("index", "The collection's FAISS index directory, "
+                                                "built, tuned and checksummed by the engine."), **common)
+    def index_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        with lib_logs_to(context.log):
+            built = tail.build(context)
+        return dg.MaterializeResult(metadata={**built.metadata, "path": dg.MetadataValue.path(built.path)})
+
+    check_common = dict(asset=index_asset, partitions_def=tail.partitions_def,
+                        required_resource_keys=set(tail.resource_keys))
+
+    @dg.asset_check(name=ID_MAP_ALIGNMENT, blocking=True, description="Every index row maps to the right id; "
+                    "a failure keeps the index from being published.", **check_common)
+    def id_map_alignment(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        with lib_logs_to(context.log):
+            report = tail.check_alignment(context)
+        for problem in report.problems:
+            context.log.error(problem)
+        return dg.AssetCheckResult(passed=report.passed, metadata={
+            **_check_metadata(report.metrics), "problems": "\n".join(report.problems) or "none"})
+
+    @dg.asset_check(name=INDEX_RECALL, description="Warns when an approximate index misses its target recall@10 "
+                    "on fresh queries (exact indices pass).", **check_common)
+    def index_recall(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        with lib_logs_to(context.log):
+            result = tail.check_recall(context)
+        description = (f"exact {result['factory']} index: recall 1.0 by construction" if result["exact"] else
+                       f"recall@10 {result['recall']:.3f} vs target {result['target_recall']} "
+                       f"with {result['search_params']}")
+        return dg.AssetCheckResult(passed=bool(result["passed"]), severity=dg.AssetCheckSeverity.WARN,
+                                   description=description, metadata=_check_metadata(result))
+
+    @dg.asset(name=tail.published_name, deps=[index_asset], kinds={"faiss"}, code_version=tail.code_version,
+              required_resource_keys=set(tail.resource_keys), output_required=False,
+              description=tail.descriptions.get("published", "The copy the query side loads; only after "
+                                                "id_map_alignment passes, never older than what is there."), **common)
+    def published_asset(context: dg.AssetExecutionContext):
+        result = tail.publish(context)
+        if result.published:
+            context.log.info(result.reason)
+            yield dg.MaterializeResult(metadata={"published": True, "reason": result.reason, **result.metadata})
+            return
+        # Nothing was published: no materialization (the UI must not show a success), the reason
+        # recorded as an observation and a warning in the run's log.
+        context.log.warning(f"not published: {result.reason}")
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key
+                                              if context.has_partition_key else None,
+                                              metadata={"published": False, "reason": result.reason,
+                                                        **result.metadata}))
+
+    @dg.asset(name=tail.stats_name, deps=[index_asset], kinds={"faiss"}, code_version=tail.code_version,
+              required_resource_keys=set(tail.resource_keys),
+              description=tail.descriptions.get("stats", "Size, speed, self-retrieval and neighbour "
+                                                "similarity of the index, with pictures."), **common)
+    def stats_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        with lib_logs_to(context.log):
+            measured = tail.measure(context)
+        pictures = {"pictures": pictures_md(measured.pictures)} if measured.pictures else {}
+        return dg.MaterializeResult(metadata={**measured.metadata, **pictures})
+
+    assets = [index_asset, published_asset, stats_asset]
+    if with_upload and tail.upload is not None:
+        @dg.asset(name=tail.upload_name, deps=[index_asset], kinds={"faiss", "s3"}, code_version=tail.code_version,
+                  required_resource_keys=set(tail.resource_keys) | {"index_upload"},
+                  description=tail.descriptions.get("upload", "The checked index directory copied to the "
+                                                    "upload URL, every file read back and verified."), **common)
+        def upload_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            with lib_logs_to(context.log):
+                return dg.MaterializeResult(metadata=dict(tail.upload(context)))
+
+        assets.append(upload_asset)
+    return assets, [id_map_alignment, index_recall]

@@ -1,0 +1,50 @@
+"""What a collection tells the query side: the names it serves and what its answers show.
+
+The query layer knows no collection. A collection hands ``ReferenceLibrary`` a ``LibrarySpec``:
+the names it accepts, the key each reference's id is reported under, the metadata columns
+``similar()`` returns, the columns a percentile may be weighted by, and the word its users call a
+name by (it appears in reasons and in one ``cache_stats`` key).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # names become file names: no paths
+
+
+@dataclass(frozen=True)
+class SideIndex:
+    key: str     # the manifest field describing it: {"vectors": file, "reference": file, ...}
+    label: str   # what its vectors are, in reasons: "local <label> vectors <version>"
+
+
+@dataclass(frozen=True)
+class LibrarySpec:
+    names: tuple[str, ...] = ()       # accepted even before they have an index; listed first
+    id_key: str = "id"                # similar() reports each reference's id under this key
+    columns: tuple[str, ...] = ()     # metadata similar() returns, in this order (None where absent)
+    weightings: tuple[str, ...] = ()  # metadata columns a percentile may be weighted by (log1p)
+    noun: str = "name"                # what a user calls a name: "unknown <noun> 'x'"
+    plural: str = field(default="")   # default: noun + "s"
+    missing_hint: str = "build and publish its index"  # what to do when a declared name has no index
+    side: SideIndex | None = None     # the side index side_percentile() uses (None: no side index)
+
+    def __post_init__(self):
+        for attribute in ("names", "columns", "weightings"):  # lists from callers; the spec stays hashable
+            object.__setattr__(self, attribute, tuple(getattr(self, attribute)))
+        if not self.plural:
+            object.__setattr__(self, "plural", f"{self.noun}s")
+
+    def unknown(self, name, known: list[str]) -> str:
+        return f"unknown {self.noun} {name!r}: known {self.plural} are {', '.join(known) or 'none yet'}"
+
+    def missing(self, name: str) -> str:
+        return f"no index for {self.noun} {name!r} ({self.missing_hint})"
+
+    def check_weight(self, weight: str | None) -> None:
+        """Refuse a weighting this collection does not declare (the caller's mistake, so it raises)."""
+        if weight is not None and weight not in self.weightings:
+            allowed = f"one of {', '.join(self.weightings)} or none" if self.weightings else "none (no weightings here)"
+            raise ValueError(f"unknown weight {weight!r}: use {allowed}")

@@ -1,0 +1,230 @@
+"""Every setting, declared once: its environment variable, type, default, what is allowed, and a doc.
+
+The Dagster resources (``defs/resources.py``), the CLI and the HTTP service all read the
+environment through ``load_settings``; nothing else reads these variables. A bad value is one
+``SettingsError`` line naming the variable, its value (never a secret's) and what to use::
+
+    YOUTUBE_REGION_CODE='USA': use a two-letter ISO 3166-1 code such as US
+
+The README's configuration tables are ``markdown_table(section)`` (a test keeps them equal);
+``python -m thumblab_dagster.lib.settings`` prints them. Pure Python: no Dagster here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
+
+from pydantic import Field
+
+CORE, SUPABASE = "core", "supabase"  # the README's "Configuration" and "Supabase" tables
+
+
+class SettingsError(ValueError):
+    """A setting's value is not allowed; the message is one line naming the variable and what to use."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                  # attribute of ``Settings``
+    env: str                   # the environment variable
+    kind: type                 # str, int, float, or tuple (a comma-separated list of str)
+    default: Any
+    doc: str                   # one line, markdown (the README's "what" column)
+    target: str = ""           # the resource field it fills, or "(service)" (the README's second column)
+    shown_default: str = ""    # the README's default column when the value alone says too little
+    secret: bool = False       # never in a log, an error, a repr or the UI (resources bind it with dg.EnvVar)
+    section: str = CORE
+    allowed: str = ""          # what to use, for errors; derived from the type and bounds when empty
+    pattern: str | None = None
+    choices: tuple[str, ...] = ()
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    case: str | None = None    # "lower" / "upper": normalised before it is checked
+
+    @property
+    def what_to_use(self) -> str:
+        if self.allowed:
+            return self.allowed
+        if self.choices:
+            return " or ".join([", ".join(self.choices[:-1]), self.choices[-1]]) if len(self.choices) > 1 \
+                else self.choices[0]
+        noun = {int: "a whole number", float: "a number"}.get(self.kind, "a value")
+        if self.ge is not None and self.le is not None:
+            return f"{noun} from {_num(self.ge)} to {_num(self.le)}"
+        bounds = [f"of at least {_num(self.ge)}" if self.ge is not None else "",
+                  f"above {_num(self.gt)}" if self.gt is not None else "",
+                  f"at most {_num(self.le)}" if self.le is not None else ""]
+        return " ".join([noun, " and ".join(b for b in bounds if b)]).strip()
+
+    def error(self, raw: str, why: str = "") -> SettingsError:
+        """The one line for a bad value; a secret's value is never shown."""
+        shown = self.env if self.secret else f"{self.env}={raw!r}"
+        return SettingsError(f"{shown}: {why + ': ' if why else ''}use {self.what_to_use}")
+
+    def parse(self, raw: str) -> Any:
+        """The value of a set variable (already stripped, not empty), or ``SettingsError``."""
+        text = raw.lower() if self.case == "lower" else raw.upper() if self.case == "upper" else raw
+        if self.kind is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise self.error(raw) from None
+        if self.kind is float and not math.isfinite(value):
+            raise self.error(raw)
+        if (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt) \
+                or (self.le is not None and value > self.le):
+            raise self.error(raw)
+        if (self.pattern and not re.fullmatch(self.pattern, text)) or (self.choices and text not in self.choices):
+            raise self.error(raw)
+        return value
+
+    @property
+    def value_pattern(self) -> str | None:
+        """The pattern a resource field checks (pydantic searches, so it is anchored here)."""
+        body = "|".join(map(re.escape, self.choices)) if self.choices else self.pattern
+        return f"^(?:{body})$" if body else None
+
+    def resource_field(self, **overrides) -> Any:
+        """A pydantic ``Field`` with this setting's default, bounds and doc (for the Dagster resources)."""
+        # A secret arrives as dg.EnvVar (its name) and was checked here when it was read: no pattern for it.
+        kwargs = {"default": self.default, "description": f"{self.doc} (${self.env})",
+                  "ge": self.ge, "gt": self.gt, "le": self.le, "pattern": None if self.secret else self.value_pattern}
+        kwargs.update(overrides)
+        return Field(**{k: v for k, v in kwargs.items() if v is not None or k == "default"})
+
+
+def _num(x: float | None) -> str:
+    return f"{x:g}"
+
+
+URL = r"https?://\S+"
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- the pipeline (and the query side where they share a setting) ---
+    Setting("youtube_api_key", "YOUTUBE_API_KEY", str, None, secret=True, target="trending_source.api_key",
+            shown_default="unset: bundled sample",
+            doc="YouTube Data API v3 key. Secret: bound with `dg.EnvVar`, sent in the `X-Goog-Api-Key` header, "
+                "never in a URL, log, error or metadata value"),
+    Setting("youtube_base_url", "YOUTUBE_API_BASE_URL", str, "https://www.googleapis.com/youtube/v3",
+            target="trending_source.base_url", pattern=URL,
+            allowed="an http(s) URL such as https://www.googleapis.com/youtube/v3",
+            doc="point at a proxy or a test server"),
+    Setting("youtube_region_code", "YOUTUBE_REGION_CODE", str, "US", target="trending_source.region_code",
+            pattern="[A-Za-z]{2}", case="upper", allowed="a two-letter ISO 3166-1 code such as US",
+            doc="chart region (ISO 3166-1 alpha-2)"),
+    Setting("youtube_max_results", "YOUTUBE_MAX_RESULTS", int, 30, target="trending_source.max_results", ge=1, le=500,
+            doc="videos per niche and day (pages past 50)"),
+    Setting("data_root", "THUMBLAB_DATA_ROOT", str, "thumblab_data", target="storage.data_root",
+            shown_default="`thumblab_data` (relative to the working directory)", doc="where every file is written"),
+    Setting("publish_dir", "THUMBLAB_PUBLISH_DIR", str, None, target="storage.publish_dir",
+            shown_default="`<data_root>/faiss_indices`", doc="where the scoring service loads indices"),
+    Setting("clip_model", "THUMBLAB_CLIP_MODEL", str, "ViT-B-32", target="embedder.model",
+            doc="open_clip model name"),
+    Setting("clip_pretrained", "THUMBLAB_CLIP_PRETRAINED", str, "laion2b_s34b_b79k", target="embedder.pretrained",
+            doc="open_clip pretrained tag, a local checkpoint path, or `none` for random weights on purpose"),
+    Setting("clip_device", "THUMBLAB_CLIP_DEVICE", str, "auto", target="embedder.device",
+            pattern=r"auto|cpu|cuda(:[0-9]+)?|mps", case="lower", allowed="auto, cpu, cuda, cuda:N or mps",
+            doc="`cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (cuda when available, else cpu)"),
+    Setting("clip_batch_size", "THUMBLAB_CLIP_BATCH_SIZE", int, 32, target="embedder.batch_size", ge=1,
+            doc="images per forward pass"),
+    Setting("fetch_workers", "THUMBLAB_FETCH_WORKERS", int, 8, target="thumbnail_fetch.max_workers", ge=1, le=64,
+            doc="concurrent thumbnail downloads (10 s timeout, 5 MiB cap each)"),
+    Setting("index_memory_mb", "THUMBLAB_INDEX_MEMORY_MB", int, 2048, target="index_engine.memory_budget_mb", ge=1,
+            doc="memory an index may take, in MiB; decides Flat / HNSW / IVF / IVF-PQ"),
+    Setting("index_target_recall", "THUMBLAB_INDEX_TARGET_RECALL", float, 0.95, target="index_engine.target_recall",
+            gt=0, le=1, doc="the recall@10 that tuning must prove on held-out queries (approximate indices only)"),
+    Setting("dagster_home", "DAGSTER_HOME", str, None, shown_default="`.dagster_home` (Makefile)",
+            doc="the local Dagster instance (read by Dagster itself)"),
+    # --- the HTTP service ---
+    Setting("internal_token", "THUMBLAB_INTERNAL_TOKEN", str, None, secret=True, target="(service)",
+            shown_default="unset: `/internal/index-stats` disabled",
+            doc="bearer token for the service's internal endpoint. Secret: never logged or returned"),
+    Setting("fetch_allow_private", "THUMBLAB_FETCH_ALLOW_PRIVATE", tuple, (), target="(service)", shown_default="unset",
+            allowed="comma-separated host names, IPs or CIDRs such as 127.0.0.1,10.0.0.0/8,localhost",
+            doc="comma-separated hosts, IPs or CIDRs that `/v1/score` may fetch thumbnails from although "
+                "private/loopback/link-local"),
+    Setting("fetch_timeout_s", "THUMBLAB_FETCH_TIMEOUT_S", float, 5.0, target="(service)", gt=0,
+            allowed="a positive number of seconds such as 5",
+            doc="read timeout for thumbnails fetched by `/v1/score` (connect timeout 3 s)"),
+    Setting("fetch_max_bytes", "THUMBLAB_FETCH_MAX_BYTES", int, 5 * 1024 * 1024, target="(service)", ge=1,
+            allowed="a positive whole number of bytes such as 5242880",
+            doc="size cap for thumbnails fetched by `/v1/score`"),
+    # --- Supabase (optional) ---
+    Setting("supabase_db_url", "SUPABASE_DB_URL", str, None, secret=True, section=SUPABASE, target="supabase.db_url",
+            shown_default="unset",
+            doc="direct Postgres URL (secret). Preferred: bulk upserts with psycopg, and `thumblab supabase-migrate`"),
+    Setting("supabase_url", "SUPABASE_URL", str, None, section=SUPABASE, target="supabase.url", shown_default="unset",
+            pattern=URL, allowed="the project's URL such as https://<project>.supabase.co",
+            doc="the REST gateway (with `SUPABASE_KEY`): supabase-py for PostgREST, RPC and Storage. Used when no DB "
+                "URL is set, and always for `supabase://` uploads"),
+    Setting("supabase_key", "SUPABASE_KEY", str, None, secret=True, section=SUPABASE, target="supabase.key",
+            shown_default="unset", doc="a service-role key for `SUPABASE_URL` (secret)"),
+    Setting("supabase_retention_days", "THUMBLAB_SUPABASE_RETENTION_DAYS", int, 90, section=SUPABASE,
+            target="supabase.retention_days", ge=1,
+            doc="rows older than this many days are deleted after each upsert"),
+    Setting("index_source", "THUMBLAB_INDEX_SOURCE", str, "parquet", section=SUPABASE, target="index_engine.source",
+            choices=("parquet", "supabase"), case="lower",
+            doc="`parquet` or `supabase`: build each niche's index from `ref_thumbnails` instead of the parquet "
+                "files. The alignment check then compares against the table"),
+    Setting("index_upload_url", "THUMBLAB_INDEX_UPLOAD_URL", str, None, secret=True, section=SUPABASE,
+            target="index_upload.url", shown_default="unset", pattern=r"[A-Za-z][A-Za-z0-9+.-]*://\S*",
+            allowed="a URL such as supabase://<bucket>/<prefix>, s3://..., gs://... or file://...",
+            doc="copy every checked index directory to `supabase://<bucket>/<prefix>` (Supabase Storage) or any fsspec "
+                "URL (`s3://`, `gs://` with s3fs/gcsfs installed, `file://`). Secret: URLs may carry credentials"),
+)
+
+SETTING: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+# The values, one attribute per setting (secrets left out of the repr).
+Settings = make_dataclass(
+    "Settings", [(s.name, s.kind if s.default is not None else s.kind | None, field(default=s.default, repr=not s.secret))
+                 for s in SETTINGS], frozen=True)
+Settings.__doc__ = "Every setting's value, as ``load_settings`` read them (see ``SETTINGS``)."
+Settings.__module__ = __name__
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Every setting from ``environ`` (default ``os.environ``); unset or blank means the default.
+
+    Raises ``SettingsError``: one line naming each bad variable (``; `` between several).
+    """
+    env = os.environ if environ is None else environ
+    values, problems = {}, []
+    for setting in SETTINGS:
+        raw = (env.get(setting.env) or "").strip()
+        try:
+            values[setting.name] = setting.parse(raw) if raw else setting.default
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return Settings(**values)
+
+
+def _cell(setting: Setting) -> str:
+    if setting.shown_default:
+        return setting.shown_default
+    if isinstance(setting.default, tuple):
+        return ",".join(setting.default) or "unset"
+    return f"`{_num(setting.default) if isinstance(setting.default, float) else setting.default}`"
+
+
+def markdown_table(section: str = CORE) -> str:
+    """The README's table of one section's settings (README.md holds exactly this text)."""
+    rows = ["| variable | resource setting | default | what |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        if s.section == section:
+            target = f"`{s.target}`" if s.target and not s.target.startswith("(") else s.target
+            rows.append(f"| `{s.env}` | {target} | {_cell(s)} | {s.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(f"{markdown_table(CORE)}\n\n{markdown_table(SUPABASE)}")

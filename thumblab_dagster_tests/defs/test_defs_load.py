@@ -1,0 +1,46 @@
+"""The code location loads as a user's tools load it: every asset, check, job and schedule in its group."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from thumblab_dagster.definitions import build_definitions, defs
+from thumblab_dagster.defs.resources import IndexUploadResource, resources_from_env
+
+ROOT = Path(__file__).resolve().parents[2]
+THUMBNAIL_ASSETS = {"trending_videos", "thumbnail_embeddings", "niche_index", "published_index", "index_stats"}
+THUMBNAIL_CHECKS = {"id_map_alignment", "index_recall", "embeddings_valid", "embedding_weights_pretrained",
+                    "trending_not_empty"}
+
+
+def test_every_asset_check_job_and_schedule_loads_in_its_group():
+    loaded = build_definitions(resources_from_env({}))
+    dg.Definitions.validate_loadable(loaded)
+    graph = loaded.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == THUMBNAIL_ASSETS
+    assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"thumbnails"}
+    assert {graph.get(k).owners[0] for k in graph.get_all_asset_keys()} == {"team:thumblab"}
+    assert {k.name for k in graph.asset_check_keys} == THUMBNAIL_CHECKS
+    blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert blocking == {"id_map_alignment", "embeddings_valid"}
+    job = loaded.resolve_job_def("daily_refresh")
+    assert {n.name for n in job.nodes} >= {"trending_videos", "niche_index", "niche_index_id_map_alignment"}
+    schedule = loaded.resolve_schedule_def("daily_refresh_schedule")
+    assert schedule.cron_schedule == "0 3 * * *" and schedule.execution_timezone == "Australia/Hobart"
+    assert "03:00 Australia/Hobart" in schedule.description
+
+
+def test_the_upload_joins_only_when_configured(tmp_path):
+    resources = {**resources_from_env({}), "index_upload": IndexUploadResource(url=f"file://{tmp_path}/up")}
+    keys = {k.to_user_string() for k in build_definitions(resources).resolve_asset_graph().get_all_asset_keys()}
+    assert keys == THUMBNAIL_ASSETS | {"uploaded_index"}
+
+
+def test_the_entry_point_is_lazy_definitions_for_dagster_and_dg():
+    # workspace.yaml and [tool.dagster] name thumblab_dagster.definitions; its `defs` is @dg.definitions
+    assert callable(defs)
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "thumblab_dagster.definitions"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
