@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test dev serve install lint benchmark clean
+.PHONY: demo test dev defs serve install lint benchmark clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: install
 ## The Dagster UI on http://127.0.0.1:3000 (runs, checks, schedule), reading workspace.yaml.
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## `dg check defs` and `dg list defs`: the code location loads, and what it holds.
+defs: install
+	$(VENV)/bin/dg check defs
+	$(VENV)/bin/dg list defs
 
 ## The scoring service on http://127.0.0.1:8000 (/health, POST /v1/score, /docs) over the published indices.
 serve: install

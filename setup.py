@@ -36,7 +36,7 @@ setup(
         "rasterio>=1.3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.5", "pgserver>=0.1.4"],
+        "dev": ["pytest>=8", "ruff>=0.5", "pgserver>=0.1.4", "dagster-dg-cli>=1.13,<1.14"],
     },
     entry_points={"console_scripts": ["thumblab=thumblab_dagster.cli:main"]},
 )

@@ -107,14 +107,14 @@ def worker(system: str, files: dict, budget_mb: int, out_dir: Path) -> dict:
     queries, gt = np.load(files["queries"]), np.load(files["gt"])
     if system in ("thumblab", "thumblab_flat"):
         from thumblab_dagster.lib.engine import index_dir as vector_index
-        from thumblab_dagster.lib.engine.build import build_index_dir
+        from thumblab_dagster.lib.engine.build import POSITIONS, IndexSpec, build_index_dir
         from thumblab_dagster.lib.engine.sources import NpyFileSource
 
         source = NpyFileSource(files["data"])
         start = time.perf_counter()
-        manifest = build_index_dir(out_dir / system, source, [str(i) for i in range(source.n)],
-                                   memory_budget_bytes=budget_mb * 2**20,
-                                   factory="Flat" if system == "thumblab_flat" else None)
+        manifest = build_index_dir(out_dir / system, source, POSITIONS,  # row i is id i: no ids file
+                                   IndexSpec(memory_budget_bytes=budget_mb * 2**20,
+                                             factory="Flat" if system == "thumblab_flat" else None))
         build_s = time.perf_counter() - start
         loaded = vector_index.load_index_dir(out_dir / system)
         _, found = loaded.search(queries, K)
@@ -124,7 +124,8 @@ def worker(system: str, files: dict, budget_mb: int, out_dir: Path) -> dict:
                 "stored_vectors_bytes_on_disk": (out_dir / system / "vectors.npy").stat().st_size
                 if (out_dir / system / "vectors.npy").exists() else 0,
                 "recall_at_10": round(_recall(found, gt), 4),
-                "tuned_recall_held_out": manifest["tuning"].get("recall_at_k_held_out"),
+                "tuned_recall_held_out": manifest.tuning.recall_at_k_held_out if manifest.tuning else None,
+                "tuned_recall_lower_bound_95": manifest.tuning.recall_lower_bound_95 if manifest.tuning else None,
                 "qps": round(_qps(lambda q: loaded.search(q, K), queries), 1)}
     if system == "faiss_flat":
         start = time.perf_counter()

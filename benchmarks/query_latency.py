@@ -30,10 +30,10 @@ from index_engine import clustered, write_clustered  # noqa: E402  (the same dat
 D, K = 512, 10
 
 
-def build(workdir: Path, n: int, memory_mb: int) -> tuple[Path, dict, float]:
+def build(workdir: Path, n: int, memory_mb: int) -> tuple[Path, object, float]:
     import pandas as pd
 
-    from thumblab_dagster.lib.engine.build import build_index_dir
+    from thumblab_dagster.lib.engine.build import IndexSpec, ReferenceSpec, build_index_dir
     from thumblab_dagster.lib.engine.percentiles import row_weights
     from thumblab_dagster.lib.engine.publish import publish
 
@@ -45,10 +45,11 @@ def build(workdir: Path, n: int, memory_mb: int) -> tuple[Path, dict, float]:
                              "thumbnail_url": [f"https://i.ytimg.com/vi/{i}/hqdefault.jpg" for i in ids],
                              "views_per_hour": rng.lognormal(5, 2, n)})
     start = time.perf_counter()
-    manifest = build_index_dir(workdir / "index", vectors, ids, memory_budget_bytes=memory_mb * 2**20,
-                               reference_k=K, reference_weights=row_weights(metadata, "views_per_hour"),
-                               reference_weighting="views_per_hour", metadata=metadata,
-                               extra={"snapshot": "2026-11-21"})
+    spec = IndexSpec(memory_budget_bytes=memory_mb * 2**20, metadata=metadata, id_column="video_id",
+                     reference=ReferenceSpec(k=K, weights=row_weights(metadata, "views_per_hour"),
+                                             weighting="views_per_hour"),
+                     extra={"snapshot": "2026-11-21"})
+    manifest = build_index_dir(workdir / "index", vectors, ids, spec)
     build_s = time.perf_counter() - start
     publish(workdir / "index", workdir / "pub", "bench", "2026-11-21")
     return workdir / "pub", manifest, build_s

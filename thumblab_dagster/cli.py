@@ -217,7 +217,7 @@ def serve(host, port, root):
 
     try:
         app = create_app(ServiceSettings.from_env(publish_dir=root))
-    except ValueError as exc:  # a bad THUMBLAB_FETCH_* or SUPABASE_* setting
+    except ValueError as exc:  # a bad setting (one SettingsError line) or half a Supabase configuration
         fail(str(exc))
     uvicorn.run(app, host=host, port=port, log_level="info")
 

@@ -51,6 +51,9 @@ def summarise(niche: str, result) -> NicheSummary:
             summary.indexed = _value(meta, "ntotal")
         elif key == "published_index":
             summary.published = _value(meta, "published")
+    for event in result.get_asset_observation_events():  # the tail records a skipped publish as an observation
+        if event.asset_key == dg.AssetKey("published_index") and summary.published is None:
+            summary.published = _value(event.asset_observation_data.asset_observation.metadata, "published")
     for evaluation in result.get_asset_check_evaluations():
         state = "pass" if evaluation.passed else ("WARN" if evaluation.severity == dg.AssetCheckSeverity.WARN else "FAIL")
         summary.checks[evaluation.check_name] = state

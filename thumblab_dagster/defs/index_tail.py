@@ -17,7 +17,6 @@ from typing import Any
 
 import dagster as dg
 
-
 ID_MAP_ALIGNMENT = "id_map_alignment"
 INDEX_RECALL = "index_recall"
 ENGINE_LOGGER = "thumblab_dagster.lib"  # every lib/ module logs under it (engine stages, fetches, stores)

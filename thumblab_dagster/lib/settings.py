@@ -100,7 +100,7 @@ class Setting:
         return Field(**{k: v for k, v in kwargs.items() if v is not None or k == "default"})
 
 
-def _num(x: float | None) -> str:
+def _num(x: float) -> str:
     return f"{x:g}"
 
 

@@ -1,18 +1,10 @@
-import ast
-import subprocess
-import sys
-from pathlib import Path
-
 import dagster as dg
 import pytest
 from click.testing import CliRunner
 
-import thumblab_dagster
 from thumblab_dagster.definitions import build_definitions
 from thumblab_dagster.defs.resources import resources_from_env
 from thumblab_dagster.lib.settings import SettingsError
-
-LIB = Path(thumblab_dagster.__file__).parent / "lib"
 
 
 def test_source_follows_the_environment_and_hides_the_key():

@@ -1,5 +1,6 @@
 """The code location loads as a user's tools load it: every asset, check, job and schedule in its group."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,17 @@ def test_the_entry_point_is_lazy_definitions_for_dagster_and_dg():
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "thumblab_dagster.definitions"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dg_checks_and_lists_the_thumbnails_group():
+    dg_cli = Path(sys.executable).parent / "dg"
+    check = subprocess.run([str(dg_cli), "check", "defs"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    listed = subprocess.run([str(dg_cli), "list", "defs", "--json"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    assert {a["asset_key"]: a["group_name"] for a in found["assets"]} == dict.fromkeys(THUMBNAIL_ASSETS, "thumbnails")
+    assert {c["name"] for c in found["asset_checks"]} == THUMBNAIL_CHECKS
+    assert [j["name"] for j in found["jobs"]] == ["daily_refresh"]
+    assert [(s["name"], s["cron_schedule"]) for s in found["schedules"]] == [("daily_refresh_schedule", "0 3 * * *")]

@@ -5,16 +5,15 @@ import dagster as dg
 import pytest
 
 from thumblab_dagster.definitions import build_definitions
+from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 
 defs = build_definitions()
-from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 
 HOBART = ZoneInfo("Australia/Hobart")
 
 
 def schedule():
-    [sched] = defs.schedules
-    return defs.get_schedule_def(sched.name)
+    return defs.resolve_schedule_def("daily_refresh_schedule")
 
 
 def test_daily_at_three_in_hobart():

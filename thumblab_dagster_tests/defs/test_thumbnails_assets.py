@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from thumblab_dagster.defs.resources import TrendingSourceResource
-from thumblab_dagster.defs.thumbnails.definitions import thumbnail_definitions
 from thumblab_dagster.defs.thumbnails.checks import (
     EMBEDDING_WEIGHTS_PRETRAINED,
     EMBEDDINGS_VALID,
@@ -16,6 +15,7 @@ from thumblab_dagster.defs.thumbnails.checks import (
     INDEX_RECALL,
     TRENDING_NOT_EMPTY,
 )
+from thumblab_dagster.defs.thumbnails.definitions import thumbnail_definitions
 from thumblab_dagster.lib.embed.clip import read_embeddings
 from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster_tests.conftest import TEST_KEY
@@ -104,7 +104,8 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     assert stats["ntotal"] == 13 and stats["dim"] == 512
     assert stats["self_retrieval_rate"] == 1.0
     assert stats["latency_ms_p50"] > 0
-    assert meta(tech_d2, "index_stats")["nn_similarity_histogram"].startswith("![")
+    pictures = meta(tech_d2, "index_stats")["pictures"]  # histogram + neighbour sheet, inline PNGs
+    assert pictures.count("](data:image/png;base64,") == 2 and "neighbour sheet" in pictures
 
     # The API key reaches no log line, error or metadata value of any run.
     runs = instance.get_run_records()
@@ -134,6 +135,20 @@ def test_corrupted_id_map_fails_alignment_and_leaves_published_copy(resources, y
     assert checks_of(result)[ID_MAP_ALIGNMENT] is False
     assert not result.asset_materializations_for_node("published_index")
     assert {p.name: p.read_bytes() for p in layout.published.iterdir()} == published_before
+    assert publishing.load_published(layout.published, "tech").manifest["snapshot"] == D2
+
+
+def test_an_older_build_is_never_shown_as_published(resources, youtube, instance):
+    layout = resources["storage"].layout
+    youtube.add_videos("28", "tech", 8)
+    assert run(resources, f"{D2}|tech", instance).success
+    older = run(resources, f"{D1}|tech", instance)          # a backfill of an earlier date
+    assert older.success
+    assert not older.asset_materializations_for_node("published_index")   # no green "materialized"
+    [observed] = [e.asset_observation_data.asset_observation for e in older.get_asset_observation_events()
+                  if e.asset_key == dg.AssetKey("published_index")]
+    assert observed.metadata["published"].value is False
+    assert f"newer than {D1}" in observed.metadata["reason"].value
     assert publishing.load_published(layout.published, "tech").manifest["snapshot"] == D2
 
 

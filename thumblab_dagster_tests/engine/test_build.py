@@ -10,7 +10,7 @@ import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine import publish as publishing
-from thumblab_dagster.lib.engine.build import build_index_dir, train_points
+from thumblab_dagster.lib.engine.build import IndexSpec, build_index_dir, train_points
 from thumblab_dagster.lib.engine.sources import NpyFileSource, ParquetSource, open_source
 from thumblab_dagster.lib.engine.tune import verify_recall
 from thumblab_dagster.lib.engine.validate import validate_index_dir
@@ -112,7 +112,8 @@ def test_tuned_recall_holds_on_fresh_queries_and_is_applied_on_load(tmp_path, co
 def test_flat_needs_no_tuning(tmp_path, collection):
     vectors, ids, _ = collection
     manifest = build_index_dir(tmp_path / "f", vectors[:500], ids[:500])  # chosen for the size
-    assert manifest["factory"] == "Flat" and manifest["search_params"] == {} and manifest["tuning"] == {}
+    assert manifest["factory"] == "Flat" and manifest["search_params"] == {} and manifest.tuning is None
+    assert manifest.get("tuning", {}) == {} and "tuning" not in manifest.to_json()
 
 
 def test_range_search_scores_are_exact_and_keep_what_approximation_would_drop(tmp_path, collection):
@@ -139,13 +140,14 @@ def test_range_search_scores_are_exact_and_keep_what_approximation_would_drop(tm
 def test_versions_add_keeps_ids_aligned_without_retraining(tmp_path, collection):
     vectors, ids, _ = collection
     store = VersionedIndex(tmp_path / "lib")
-    meta = pd.DataFrame({"video_id": ids})
-    store.build(vectors[:15_000], ids[:15_000], factory="IVF64,PQ8", embedding=MODEL, metadata=meta[:15_000],
-                target_recall=0.9)
+    meta = pd.DataFrame({"item_id": ids})
+    store.build(vectors[:15_000], ids[:15_000], IndexSpec(factory="IVF64,PQ8", embedding=MODEL, metadata=meta[:15_000],
+                                                          id_column="item_id", target_recall=0.9))
     first = store.current()
     manifest = add(store, vectors[15_000:], ids[15_000:], embedding=MODEL, metadata=meta[15_000:].reset_index(drop=True))
     assert store.current() != first and manifest["parent_version"] == first and manifest["ntotal"] == 20_000
-    assert validate_index_dir(store.path(store.current())).passed
+    report = validate_index_dir(store.path(store.current()))
+    assert report.passed and report.metrics["positions_checked"] == 20_000  # metadata ids still line up
     assert validate_index_dir(store.path(first)).passed  # the old version is untouched
     live = store.load()
     _, found = live.search(vectors[[15_000, 19_999]], 1)
@@ -236,7 +238,7 @@ def test_validator_catches_stored_vectors_out_of_step_with_codes(tmp_path, colle
     assert validate_index_dir(tmp_path / "pq").passed
     path = tmp_path / "pq" / "vectors.npy"
     np.save(path, np.roll(np.load(path), 1, axis=0))  # the re-rank rows shifted by one position
-    manifest = vi.read_manifest(tmp_path / "pq")
+    manifest = json.loads((tmp_path / "pq" / "manifest.json").read_text())
     manifest["files"]["vectors.npy"] = {"sha256": vi.sha256_file(path), "bytes": path.stat().st_size}
     (tmp_path / "pq" / "manifest.json").write_text(json.dumps(manifest))  # only the logic can tell now
     report = validate_index_dir(tmp_path / "pq")
@@ -248,7 +250,8 @@ def test_reference_scores_are_leave_one_out_topk_means_and_get_published(tmp_pat
     vectors, ids, _ = collection
     x = vectors[:2000]
     manifest = build_index_dir(tmp_path / "f", x, ids[:2000], reference_k=10)
-    assert manifest["reference_scores"] == {"file": "reference_scores.npy", "k": 10, "sampled_rows": 2000}
+    assert manifest["reference_scores"].model_dump(mode="json") == {"file": "reference_scores.npy", "k": 10,
+                                                                    "sampled_rows": 2000}
     stored = np.load(tmp_path / "f" / "reference_scores.npy", allow_pickle=False)
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)

@@ -16,7 +16,7 @@ def build(tmp_path, n=50, name="idx", snapshot="2026-11-01"):
     ids = [f"v{i}" for i in range(n)]
     index = vi.build_index(vectors)
     vi.write_index_dir(tmp_path / name, index, ids, factory="Flat", metric="inner_product",
-                       metadata=pd.DataFrame({"video_id": ids}), extra={"snapshot": snapshot})
+                       metadata=pd.DataFrame({"item_id": ids}), id_column="item_id", extra={"snapshot": snapshot})
     return tmp_path / name, ids, vectors
 
 

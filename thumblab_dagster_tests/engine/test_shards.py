@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
-from thumblab_dagster.lib.engine.build import build_index_dir
+from thumblab_dagster.lib.engine.build import IndexSpec, build_index_dir
 from thumblab_dagster.lib.engine.shards import ID_MAP_FILE, load_sharded
 from thumblab_dagster.lib.engine.validate import validate_index_dir
 
@@ -19,9 +19,17 @@ def unit(n, d=24, seed=0):
 @pytest.fixture
 def sharded(tmp_path):
     vectors, ids = unit(1000), [f"p{i}" for i in range(1000)]
-    build_index_dir(tmp_path / "s", vectors, ids, factory="Flat", shard_size=300,
-                    metadata=pd.DataFrame({"video_id": ids}))
+    build_index_dir(tmp_path / "s", vectors, ids, IndexSpec(factory="Flat", shard_size=300, id_column="item_id",
+                                                           metadata=pd.DataFrame({"item_id": ids})))
     return tmp_path / "s", ids, vectors
+
+
+def refresh_checksum(directory, name):
+    """Keep the manifest's checksum of ``name`` consistent: only the validator's logic can tell."""
+    path = directory / name
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": vi.sha256_file(path), "bytes": path.stat().st_size}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
 
 
 def rewrite_id_map(directory, change):
@@ -29,9 +37,13 @@ def rewrite_id_map(directory, change):
     id_map = json.loads(path.read_text())
     change(id_map)
     path.write_text(json.dumps(id_map))
-    manifest = vi.read_manifest(directory)  # keep checksums consistent: only the validator's logic can tell
-    manifest["files"][ID_MAP_FILE] = {"sha256": vi.sha256_file(path), "bytes": path.stat().st_size}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    refresh_checksum(directory, ID_MAP_FILE)
+
+
+def rewrite_ids(directory, change):
+    ids = np.load(directory / "ids.npy", allow_pickle=False)
+    np.save(directory / "ids.npy", change(ids), allow_pickle=False)
+    refresh_checksum(directory, "ids.npy")
 
 
 def test_sharded_search_equals_one_exact_index(sharded):
@@ -63,7 +75,7 @@ def test_sharded_ivf_trains_once_and_keeps_global_positions(tmp_path):
 
 def test_validator_catches_swapped_ids(sharded):
     directory, _, _ = sharded
-    rewrite_id_map(directory, lambda m: m["ids"].__setitem__(slice(10, 12), ["p11", "p10"]))
+    rewrite_ids(directory, lambda ids: np.concatenate([ids[:10], ids[[11, 10]], ids[12:]]))
     report = validate_index_dir(directory)
     assert any("position 10: id map 'p11', metadata 'p10'" in p for p in report.problems)
 
@@ -92,10 +104,26 @@ def test_validator_catches_shard_labels_off_by_an_offset(tmp_path):
 
 def test_validator_catches_missing_shard_and_truncated_id_map(sharded):
     directory, _, _ = sharded
-    rewrite_id_map(directory, lambda m: m.__setitem__("ids", m["ids"][:-5]))
+    rewrite_ids(directory, lambda ids: ids[:-5])
     report = validate_index_dir(directory)
     assert any("shards cover 1000 positions, id map has 995 ids" in p for p in report.problems)
     (directory / "shard_00001.index").unlink()
     report = validate_index_dir(directory)
     assert not report.passed
     assert any("shard_00001.index is missing" in p for p in report.problems)
+
+
+def test_sharded_directories_written_before_ids_npy_still_load(sharded):
+    """Older sharded directories kept their ids inside id_map.json and had no ``ids`` entry."""
+    directory, ids, vectors = sharded
+    rewrite_id_map(directory, lambda m: m.__setitem__("ids", ids))
+    (directory / "ids.npy").unlink()
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"].pop("ids.npy")
+    manifest.pop("ids")
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    index = load_sharded(directory)
+    assert index.ids.tolist() == ids and index.manifest.ids.file == ID_MAP_FILE
+    _, pos = index.search(vectors[[42]], 1)
+    assert index.ids[pos[0, 0]] == "p42"
+    assert validate_index_dir(directory).passed

@@ -17,7 +17,7 @@ def unit(n, d=16, seed=0):
 def build(directory, n=50):
     vectors, ids = unit(n), [f"v{i}" for i in range(n)]
     vi.write_index_dir(directory, vi.build_index(vectors), ids, factory="Flat", metric="inner_product",
-                       metadata=pd.DataFrame({"video_id": ids}))
+                       metadata=pd.DataFrame({"item_id": ids}), id_column="item_id")
     return ids, vectors
 
 
@@ -26,7 +26,7 @@ def swap_ids(directory, a, b, fix_manifest):
     ids[[a, b]] = ids[[b, a]]
     np.save(directory / "ids.npy", ids, allow_pickle=False)
     if fix_manifest:  # a careful forger: the checksum alone can no longer tell
-        manifest = vi.read_manifest(directory)
+        manifest = json.loads((directory / "manifest.json").read_text())
         manifest["files"]["ids.npy"] = {"sha256": vi.sha256_file(directory / "ids.npy"),
                                         "bytes": (directory / "ids.npy").stat().st_size}
         (directory / "manifest.json").write_text(json.dumps(manifest))

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT, prepare_titles
+from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, niche_index_spec
 from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster.lib.engine.build import build_index_dir
-from thumblab_dagster.lib.engine.percentiles import row_weights
 
 RANDOM_CLIP = {"model": "ViT-B-32", "pretrained": "none", "loaded": False, "source": "random-init"}
 
@@ -31,7 +30,8 @@ def clustered(n: int = 600, d: int = 64, centres: int = 20, seed: int = 0) -> np
 def publish_niche(publish_root: Path, niche: str, vectors: np.ndarray, ids: list[str], *, snapshot: str,
                   views_per_hour=None, titles: np.ndarray | None = None, embedding: dict | None = None,
                   factory: str | None = None) -> dict:
-    """Build (reference + weighted reference + optional titles) and publish one niche; its manifest."""
+    """Build as the pipeline does (reference + weighted reference + title side index) and publish one
+    niche; its manifest."""
     n = len(ids)
     metadata = pd.DataFrame({
         "video_id": ids, "title": [f"title of {i}" for i in ids],
@@ -39,12 +39,9 @@ def publish_niche(publish_root: Path, niche: str, vectors: np.ndarray, ids: list
         "views_per_hour": np.asarray(views_per_hour if views_per_hour is not None else np.full(n, 100.0), float),
     })
     build_dir = publish_root.parent / "builds" / f"{niche}-{snapshot}"
-    title_files, title_entry = prepare_titles(build_dir, titles)
-    manifest = build_index_dir(build_dir, vectors, ids, factory=factory, reference_k=PERCENTILE_K,
-                               reference_weights=row_weights(metadata, PERCENTILE_WEIGHT),
-                               reference_weighting=PERCENTILE_WEIGHT, extra_files=title_files, metadata=metadata,
-                               embedding=embedding or RANDOM_CLIP,
-                               extra={"niche": niche, "snapshot": snapshot, "titles": title_entry})
+    spec = niche_index_spec(metadata, titles, factory=factory, embedding=embedding or RANDOM_CLIP,
+                            extra={"niche": niche, "snapshot": snapshot})
+    manifest = build_index_dir(build_dir, vectors, ids, spec)
     assert publishing.publish(build_dir, publish_root, niche, snapshot).published
     return manifest
 

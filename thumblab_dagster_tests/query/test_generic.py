@@ -1,8 +1,11 @@
 """The query layer serves any collection: its names, id key, columns, weightings and noun come from a spec."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from thumblab_dagster.lib.engine.build import build_index_dir
+from thumblab_dagster.lib.engine.spec import IndexSpec, ReferenceSpec
 from thumblab_dagster.lib.query import LibrarySpec, ReferenceLibrary
 from thumblab_dagster_tests.fakes.libraries import clustered, publish_niche
 
@@ -77,3 +80,17 @@ def test_the_remote_answers_for_served_names_only(tracks):
     assert with_remote.similarity_percentile(vectors[0], "jazz").is_default
     assert remote.asked == ["archive", "archive"]  # an unknown name is nobody's to answer
     assert float(with_remote.similarity_percentile(np.asarray(vectors[0]), "main")) >= 0.0
+
+
+def test_implicit_position_ids_come_back_as_ints(tmp_path):
+    vectors = clustered(N, d=32, seed=12)
+    frame = pd.DataFrame({"title": [f"cell {i}" for i in range(N)]})
+    build_index_dir(tmp_path / "cells" / "main", vectors, None,
+                    IndexSpec(factory="Flat", reference=ReferenceSpec(k=10), metadata=frame))
+    lib = ReferenceLibrary(tmp_path / "cells", LibrarySpec(id_key="cell", columns=("title",)))
+    found = lib.similar(vectors[42], "main", k=2)
+    assert found[0] == {"cell": 42, "similarity": pytest.approx(1.0, abs=1e-5), "title": "cell 42"}
+    assert type(found[0]["cell"]) is int  # JSON-ready, not numpy
+    assert lib.similarity_percentile(vectors[42], "main").source == "local"
+    side = lib.side_percentile(vectors[42], "main")  # this spec declares no side index
+    assert side.is_default and "the main index" in side.reason and "without side-index vectors" in side.reason

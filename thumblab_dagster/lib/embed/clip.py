@@ -46,7 +46,8 @@ class WeightsInfo:
     note: str = ""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        info = asdict(self)
+        return {**info, "identity": weights_label(info)}  # what the engine compares before mixing vectors
 
 
 def weights_identity(info: dict | None) -> tuple:
@@ -72,8 +73,8 @@ def info_from_label(label: str) -> dict:
     """The inverse of ``weights_label``: enough of a ``WeightsInfo`` dict to compare identities."""
     model, _, weights = str(label).partition(LABEL_SEPARATOR)
     if weights == "random-init":
-        return {"model": model, "pretrained": RANDOM_WEIGHTS, "loaded": False, "source": "random-init"}
-    return {"model": model, "pretrained": weights, "loaded": True, "source": weights}
+        return {"model": model, "pretrained": RANDOM_WEIGHTS, "loaded": False, "source": "random-init", "identity": str(label)}
+    return {"model": model, "pretrained": weights, "loaded": True, "source": weights, "identity": str(label)}
 
 
 def _is_random_request(pretrained: str | None) -> bool:

@@ -51,7 +51,7 @@ class PositionIds:
             position = int(key) + (self.n if key < 0 else 0)
             if not 0 <= position < self.n:
                 raise IndexError(f"position {int(key)} is out of range for {self.n:,} ids")
-            return position
+            return np.int64(position)  # as the array it stands for would
         positions = np.asarray(key)
         if positions.dtype == bool:
             if positions.shape != (self.n,):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
+from thumblab_dagster.lib.engine.progress import Progress, report
 from thumblab_dagster.lib.engine.search import Searcher
 from thumblab_dagster.lib.engine.sources import VectorSource, sample_rows
 
@@ -37,7 +37,7 @@ def weighted_mean(sims: np.ndarray, weights: np.ndarray | None) -> float:
 
 def reference_scores(searcher: Searcher, source: VectorSource, k: int = 10, sample: int = REFERENCE_SAMPLE,
                      seed: int = 0, batch: int = 4096, weights: np.ndarray | None = None,
-                     progress: Callable[[str, str], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Each sampled row's leave-one-out mean similarity to its top-k neighbours, sorted.
 
     The similarity-percentile scorer (query side) ranks an upload's top-k mean against this
@@ -48,9 +48,7 @@ def reference_scores(searcher: Searcher, source: VectorSource, k: int = 10, samp
     rows = sample_rows(source.n, min(sample, source.n), seed + 3)
     message = (f"reference over {len(rows):,} rows of {source.n:,}: leave-one-out top-{k} mean similarity"
                + (", also weighted" if weights is not None else ""))
-    log.info(message)
-    if progress is not None:
-        progress("reference", message)
+    report(log, progress, "reference", message)
     plain, weighted = [], []
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]

@@ -1,7 +1,8 @@
 """Publishing: a verified index directory copied to the flat layout a service loads.
 
-``<root>/<name>.index`` + ``<name>_ids.npy`` + ``<name>_<file>`` for every other file the
-manifest covers, and ``<name>_manifest.json`` written last (readers key on it).
+``<root>/<name>.index`` + ``<name>_ids.npy`` (none for position ids) + ``<name>_<file>`` for
+every other file the manifest covers, and ``<name>_manifest.json`` written last (readers key
+on it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     published_names,
     read_manifest,
 )
+from thumblab_dagster.lib.engine.manifest import Manifest
 
 
 @dataclass
@@ -70,13 +72,13 @@ def _publish_locked(index_dir: str | os.PathLike, publish_root: str | os.PathLik
     current = root / names["manifest"]
     if current.exists():
         try:
-            current_snapshot = read_manifest(current).get("snapshot", "")
+            current_snapshot = read_manifest(current).snapshot or ""
         except IndexIntegrityError:
             current_snapshot = ""  # a broken published manifest is replaced
         if current_snapshot > snapshot:
             return PublishResult(False, f"published copy is from {current_snapshot}, newer than {snapshot}")
     # Every file the manifest covers travels: re-rank vectors, percentile references, metadata.
-    renamed = {file: published_name(name, file) for file in manifest["files"]}
+    renamed = {file: published_name(name, file) for file in manifest.files}
     staged = {}
     try:
         for file, target in renamed.items():
@@ -84,24 +86,29 @@ def _publish_locked(index_dir: str | os.PathLike, publish_root: str | os.PathLik
             os.close(fd)
             shutil.copyfile(index_dir / file, tmp)
             staged[file] = Path(tmp)
-        pub_manifest = {**manifest, "snapshot": snapshot, "published_from": str(index_dir),
-                        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "published_names": renamed,
-                        "files": {renamed[file]: entry for file, entry in manifest["files"].items()}}
+        pub_manifest = published_manifest(manifest, snapshot, index_dir, renamed)
         for file, tmp in staged.items():
-            if sha256_file(tmp) != manifest["files"][file]["sha256"]:
+            if sha256_file(tmp) != manifest.files[file].sha256:
                 raise IndexIntegrityError(f"copy of {file} to {root} does not match its checksum; "
                                           "the published copy was left as it was")
         # the index last among the data files, the manifest after everything: readers key on it
         for file in sorted(staged, key=lambda f: f == INDEX_FILE):
             os.replace(staged.pop(file), root / renamed[file])
-        write_json_atomic(current, pub_manifest)
+        write_json_atomic(current, pub_manifest.to_json())
     finally:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
     return PublishResult(True, f"published {snapshot}",
-                         {**{role: str(root / n) for role, n in names.items()},
+                         {**{role: str(root / n) for role, n in names.items() if role != "ids" or not manifest.positions},
                           **{file: str(root / n) for file, n in renamed.items()}})
+
+
+def published_manifest(manifest: Manifest, snapshot: str, index_dir: Path, renamed: dict[str, str]) -> Manifest:
+    """The copy's manifest: files under their published names, the renaming, where and when from."""
+    return manifest.updated(snapshot=snapshot, published_from=str(index_dir),
+                            published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            published_names=renamed,
+                            files={renamed[file]: entry.model_dump(mode="json") for file, entry in manifest.files.items()})
 
 
 def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True) -> LoadedIndex:

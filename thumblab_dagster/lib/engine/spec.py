@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.engine.percentiles import REFERENCE_SAMPLE
+from thumblab_dagster.lib.engine.progress import Progress
 from thumblab_dagster.lib.engine.sources import DEFAULT_BATCH
 from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL
 
@@ -74,7 +75,7 @@ class IndexSpec:
     source_partitions: Sequence[str] = ()
     extra: Mapping = field(default_factory=dict)        # more manifest fields (a collection's own)
     extra_files: Mapping[str, os.PathLike] = field(default_factory=dict)  # prepared files, moved in
-    progress: Callable[[str, str], None] | None = None  # called with (stage, message) besides the log
+    progress: Progress | None = None     # called with (stage, message) besides the INFO log line
 
 
 FIELDS = {f.name for f in dataclasses.fields(IndexSpec)}

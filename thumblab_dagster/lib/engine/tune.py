@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from thumblab_dagster.lib.engine.index_dir import METRICS, as_float32
+from thumblab_dagster.lib.engine.progress import Progress, report
 from thumblab_dagster.lib.engine.search import Searcher, is_exact, nlist_of, tunable_params
 from thumblab_dagster.lib.engine.sources import DEFAULT_BATCH, VectorSource, open_source, sample_rows
 
@@ -206,7 +206,7 @@ def _ladders(searcher: Searcher, axes: list[list[dict]], tuning: QuerySet, k: in
 def tune(searcher: Searcher, factory: str, source: VectorSource, *, k: int = 10,
          target_recall: float = DEFAULT_TARGET_RECALL, queries: np.ndarray | None = None,
          n_queries: int = TUNE_QUERIES, seed: int = 0,
-         progress: Callable[[str, str], None] | None = None) -> dict:
+         progress: Progress | None = None) -> dict:
     """The cheapest setting whose held-out recall@k has a lower 95% bound >= ``target_recall``.
 
     Without ``queries``, a seeded sample of the collection's own rows is used, each query's
@@ -215,7 +215,7 @@ def tune(searcher: Searcher, factory: str, source: VectorSource, *, k: int = 10,
     one with the best held-out bound is kept and ``target_met`` is False.
     """
     tuning, held_out, origin = _query_halves(source, queries, k, searcher.metric, n_queries, seed)
-    _report(progress, f"tuning {factory}: {len(tuning)} tuning + {len(held_out)} held-out queries ({origin}), "
+    report(log, progress, "tune", f"tuning {factory}: {len(tuning)} tuning + {len(held_out)} held-out queries ({origin}), "
                       f"target recall@{k} {target_recall} (lower 95% bound)")
     trials: list[Trial] = []
     ladders = _ladders(searcher, _grid(factory), tuning, k, target_recall, seed, trials)
@@ -255,17 +255,11 @@ def tune(searcher: Searcher, factory: str, source: VectorSource, *, k: int = 10,
     }
     if searcher.stored is not None:
         result["range_margin"] = _range_margin(searcher.with_params(**candidate.params), tuning.queries, k)
-    _report(progress, f"tuned {factory}: {candidate.params} -> recall@{k} {proof.recall:.3f} on "
+    report(log, progress, "tune", f"tuned {factory}: {candidate.params} -> recall@{k} {proof.recall:.3f} on "
                       f"{len(held_out)} held-out queries, lower 95% bound {proof.lower_bound:.3f} "
                       f"({'meets' if result['target_met'] else 'MISSES'} the target {target_recall}), "
                       f"{proof.ms_per_query:.3f} ms/query")
     return result
-
-
-def _report(progress: Callable[[str, str], None] | None, message: str) -> None:
-    log.info(message)
-    if progress is not None:
-        progress("tune", message)
 
 
 def verify_recall(loaded, vectors, *, k: int = 10, n_queries: int = 200, seed: int = 7919) -> dict:

@@ -1,10 +1,12 @@
 """Alignment validation: one function for the asset checks and ``thumblab validate``.
 
 An index is aligned when (a) every position maps to the id recorded for it (the id map and the
-row-ordered metadata agree), (b) stored vectors searched again find themselves first with
-cosine >= 0.999, (c) the counts of index, id map and metadata agree and ids are unique, and
-(d) every file matches the manifest's checksum. ``check_alignment`` adds what only the
-pipeline knows: the ids and vectors the index was built from.
+row-ordered metadata's id column, which the manifest's ``id_column`` names, agree), (b) stored
+vectors searched again find themselves first with cosine >= 0.999, (c) the counts of index,
+id map and metadata agree and ids are unique, and (d) every file matches the manifest's
+checksum. ``check_alignment`` adds what only the pipeline knows: the ids and vectors the index
+was built from. Position ids (row i is id i) are unique and aligned by construction; (b), (c)
+and (d) still apply.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from thumblab_dagster.lib.engine.ids import PositionIds, id_array, is_positions
 from thumblab_dagster.lib.engine.index_dir import (
     METADATA_FILE,
     IndexIntegrityError,
@@ -24,7 +28,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     read_manifest,
 )
 from thumblab_dagster.lib.engine.search import finds_itself, validation_params
-from thumblab_dagster.lib.engine.shards import SHARDED, load_any, shard_label_problems
+from thumblab_dagster.lib.engine.shards import load_any, shard_label_problems
 
 MIN_SELF_COSINE = 0.999
 MAX_RERANK_FACTOR = 1024  # x k candidates: the deepest a validator digs for a compressed vector
@@ -44,8 +48,7 @@ def _self_search_failures(loaded, rows: np.ndarray, queries: np.ndarray, want_id
 
     Searches with generous settings: this checks alignment, not the tuned recall.
     """
-    searcher = loaded.searcher.with_params(**validation_params(loaded.manifest.get("factory", "Flat"),
-                                                               loaded.searcher.params))
+    searcher = loaded.searcher.with_params(**validation_params(loaded.manifest.factory, loaded.searcher.params))
     sims, positions = searcher.search(queries, k)
     ids = loaded.ids
 
@@ -100,25 +103,18 @@ def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: in
         loaded = load_any(directory, manifest, verify=False)
     except Exception as exc:  # unreadable index, shard or id map: report, don't crash
         return AlignmentReport(False, problems + [f"cannot load index: {exc}"])
-    ids = [str(i) for i in loaded.ids]
-    metrics = {"ntotal": loaded.ntotal, "num_ids": len(ids)}
-    if manifest.get("layout") == SHARDED:                                                # (a), (c) per shard
+    ids = loaded.ids
+    metrics = {"ntotal": loaded.ntotal, "num_ids": len(ids), **({"ids": "positions"} if manifest.positions else {})}
+    if manifest.is_sharded:                                                             # (a), (c) per shard
         problems += shard_label_problems(loaded)
         metrics["shards"] = len(loaded.shards)
-    if loaded.ntotal != len(ids) or manifest.get("ntotal") != loaded.ntotal:             # (c)
-        problems.append(f"counts differ: index {loaded.ntotal}, id map {len(ids)}, manifest {manifest.get('ntotal')}")
-    unique, counts = np.unique(np.asarray(ids), return_counts=True)
-    if len(unique) != len(ids):
-        problems.append(f"{len(ids) - len(unique)} duplicate ids in the id map, e.g. {unique[counts > 1][:5].tolist()}")
-    if (directory / METADATA_FILE).exists():                                              # (a)
-        recorded = pd.read_parquet(directory / METADATA_FILE, columns=["video_id"])["video_id"].astype(str).tolist()
-        if len(recorded) != len(ids):
-            problems.append(f"counts differ: metadata {len(recorded)} rows, id map {len(ids)}")
-        mismatched = [(i, a, b) for i, (a, b) in enumerate(zip(ids, recorded)) if a != b]
-        if mismatched:
-            shown = ", ".join(f"position {i}: id map {a!r}, metadata {b!r}" for i, a, b in mismatched[:5])
-            problems.append(f"{len(mismatched)} positions map to a different id than recorded: {shown}")
-        metrics["positions_checked"] = min(len(ids), len(recorded))
+    if loaded.ntotal != len(ids) or manifest.ntotal != loaded.ntotal:                   # (c)
+        problems.append(f"counts differ: index {loaded.ntotal}, id map {len(ids)}, manifest {manifest.ntotal}")
+    problems += _duplicate_problems(ids)
+    if (directory / METADATA_FILE).exists() and manifest.id_column:                     # (a)
+        id_problems, checked = _metadata_id_problems(directory / METADATA_FILE, manifest.id_column, ids)
+        problems += id_problems
+        metrics["positions_checked"] = checked
     n = min(sample, loaded.ntotal)                                                        # (b)
     if n and loaded.ntotal == len(ids):
         rows = np.sort(np.random.default_rng(seed).choice(loaded.ntotal, size=n, replace=False))
@@ -132,11 +128,11 @@ def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: in
             problems.append(f"{len(unreadable)} positions cannot be read back from their shard, "
                             f"e.g. {unreadable[:5]}")
             rows = np.asarray([r for r in rows if int(r) not in set(unreadable)], dtype=np.int64)
-        queries = as_float32(np.vstack(stored)) if stored else np.empty((0, manifest.get("dim", 1)), np.float32)
-        if manifest.get("metric") == "inner_product":
+        queries = as_float32(np.vstack(stored)) if stored else np.empty((0, manifest.dim or 1), np.float32)
+        if manifest.metric == "inner_product":
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        failures = _self_search_failures(loaded, rows, queries, [ids[r] for r in rows], k,
-                                         min_cosine if manifest.get("metric") == "inner_product" else None) \
+        failures = _self_search_failures(loaded, rows, queries, [str(ids[r]) for r in rows], k,
+                                         min_cosine if manifest.metric == "inner_product" else None) \
             if len(rows) else []
         if failures:
             problems.append(f"{len(failures)}/{n} stored vectors do not find themselves first: {failures[:5]}")
@@ -146,30 +142,72 @@ def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: in
     return AlignmentReport(not problems, problems, metrics)
 
 
+def _duplicate_problems(ids) -> list[str]:
+    if isinstance(ids, PositionIds):
+        return []  # positions are unique by construction
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) == len(ids):
+        return []
+    return [f"{len(ids) - len(unique)} duplicate ids in the id map, e.g. {unique[counts > 1][:5].tolist()}"]
+
+
+def _metadata_id_problems(path: Path, column: str, ids) -> tuple[list[str], int]:
+    """(a): the metadata's id column (the manifest names it) equals the id map, position by position."""
+    try:
+        recorded = pd.read_parquet(path, columns=[column])[column]
+    except (KeyError, ValueError, pa.ArrowException):
+        return [f"{path.name} has no {column!r} column, which the manifest names as the id column"], 0
+    if isinstance(ids, PositionIds):
+        recorded = np.asarray(pd.to_numeric(recorded, errors="coerce").fillna(-1), dtype=np.int64)
+    else:
+        recorded = id_array(recorded.astype(str))
+    problems = []
+    if len(recorded) != len(ids):
+        problems.append(f"counts differ: metadata {len(recorded)} rows, id map {len(ids)}")
+    checked = min(len(ids), len(recorded))
+    mapped = np.asarray(ids[np.arange(checked)])
+    wrong = np.flatnonzero(mapped != recorded[:checked])
+    if len(wrong):
+        shown = ", ".join(f"position {i}: id map {_plain(mapped[i])!r}, metadata {_plain(recorded[i])!r}"
+                          for i in wrong[:5])
+        problems.append(f"{len(wrong)} positions map to a different id than recorded: {shown}")
+    return problems, checked
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def check_alignment(directory: str | os.PathLike, expected_ids, expected_vectors: np.ndarray,
                     sample: int = 200, seed: int = 0, k: int = 10) -> AlignmentReport:
-    """``validate_index_dir`` plus the build's inputs: the id set equals ``expected_ids`` and,
-    for up to ``sample`` of those rows, the row's own input vector finds its id first."""
+    """``validate_index_dir`` plus the build's inputs: the id set equals ``expected_ids`` (None or
+    ``"positions"`` for a position-id index: one row per vector) and, for up to ``sample`` of
+    those rows, the row's own input vector finds its id first."""
     report = validate_index_dir(directory, sample=sample, seed=seed, k=k)
     problems, metrics = list(report.problems), dict(report.metrics)
-    expected_ids = [str(i) for i in expected_ids]
-    metrics["expected_ids"] = len(set(expected_ids))
     try:
         loaded = load_any(directory, verify=False)
     except Exception:
         return AlignmentReport(False, problems, metrics)
-    have = {str(i) for i in loaded.ids}
-    missing, extra = sorted(set(expected_ids) - have), sorted(have - set(expected_ids))
-    if missing:
-        problems.append(f"{len(missing)} window ids missing from the index, e.g. {missing[:5]}")
-    if extra:
-        problems.append(f"{len(extra)} ids in the index are not in the window, e.g. {extra[:5]}")
-    n = min(sample, len(expected_ids))
+    expected_vectors = as_float32(expected_vectors)
+    expected = PositionIds(len(expected_vectors)) if is_positions(expected_ids) else id_array(expected_ids)
+    if isinstance(expected, PositionIds) and isinstance(loaded.ids, PositionIds):  # two ranges: no strings
+        missing, extra = np.arange(len(loaded.ids), len(expected)), np.arange(len(expected), len(loaded.ids))
+        metrics["expected_ids"] = len(expected)
+    else:
+        expected, have = id_array(expected), id_array(loaded.ids)
+        missing, extra = np.setdiff1d(expected, have), np.setdiff1d(have, expected)
+        metrics["expected_ids"] = int(len(np.unique(expected)))
+    if len(missing):
+        problems.append(f"{len(missing)} window ids missing from the index, e.g. {missing[:5].tolist()}")
+    if len(extra):
+        problems.append(f"{len(extra)} ids in the index are not in the window, e.g. {extra[:5].tolist()}")
+    n = min(sample, len(expected))
     failures: list[str] = []
     if n and loaded.ntotal:
-        rows = np.random.default_rng(seed).choice(len(expected_ids), size=n, replace=False)
-        failures = _self_search_failures(loaded, rows, as_float32(expected_vectors)[rows],
-                                         [expected_ids[r] for r in rows], k, None)
+        rows = np.random.default_rng(seed).choice(len(expected), size=n, replace=False)
+        failures = _self_search_failures(loaded, rows, expected_vectors[rows], [str(expected[r]) for r in rows], k,
+                                         None)
         if failures:
             problems.append(f"{len(failures)}/{n} sampled vectors do not find their own id first, e.g. {failures[:5]}")
     metrics.update({"missing_ids": len(missing), "extra_ids": len(extra), "self_match_failures": len(failures)})

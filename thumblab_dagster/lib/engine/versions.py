@@ -11,10 +11,12 @@ version; vectors from another model or of another dimension are refused.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,9 +24,9 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from thumblab_dagster.lib.embed.clip import weights_identity
 from thumblab_dagster.lib.engine.build import build_index_dir
 from thumblab_dagster.lib.engine.files import write_bytes_atomic
+from thumblab_dagster.lib.engine.ids import concat_ids, id_array, is_positions
 from thumblab_dagster.lib.engine.index_dir import (
     METADATA_FILE,
     VECTORS_FILE,
@@ -32,14 +34,30 @@ from thumblab_dagster.lib.engine.index_dir import (
     as_float32,
     write_index_dir,
 )
-from thumblab_dagster.lib.engine.shards import SHARDED, load_any, write_sharded_dir
+from thumblab_dagster.lib.engine.manifest import Manifest
+from thumblab_dagster.lib.engine.shards import load_any, write_sharded_dir
+from thumblab_dagster.lib.engine.spec import IndexSpec, resolve_spec
 
 VERSIONS_DIR = "versions"
 POINTER = "current"
-# Manifest keys the writers set themselves; everything else is carried from parent to child.
-WRITER_KEYS = {"format_version", "factory", "metric", "dim", "ntotal", "files", "embedding", "source_partitions",
-               "built_at", "faiss_version", "layout", "shards", "shard_size", "version", "parent_version",
-               "added_rows"}
+# Manifest fields the writers set themselves, or that describe files a child does not carry
+# (references describe the parent's rows); everything else is carried from parent to child.
+NOT_CARRIED = {"format_version", "factory", "metric", "dim", "ntotal", "files", "ids", "id_column", "embedding",
+               "source_partitions", "built_at", "faiss_version", "layout", "shards", "shard_size", "version",
+               "parent_version", "added_rows", "reference_scores", "side_indexes"}
+
+
+def embedding_identity(info: dict | None, keys: Sequence[str] | None = None) -> str:
+    """What makes two embeddings comparable, as one string.
+
+    The embedder's own ``identity`` entry when it wrote one (e.g. a model and its loaded
+    weights); otherwise the ``keys`` the caller names, or the whole description.
+    """
+    info = dict(info or {})
+    if info.get("identity"):
+        return str(info["identity"])
+    chosen = {key: info.get(key) for key in keys} if keys else info
+    return json.dumps(chosen, sort_keys=True, default=str)
 
 
 class VersionMismatchError(ValueError):
@@ -75,11 +93,12 @@ class VersionedIndex:
             raise IndexIntegrityError(f"version {name} is not complete under {self.versions_dir}; pointer left as is")
         write_bytes_atomic(self.pointer, (name + "\n").encode())
 
-    def build(self, vectors, ids, **build_kwargs) -> dict:
-        """Build a new version with ``engine.build_index_dir`` and make it current."""
+    def build(self, vectors, ids, spec: IndexSpec | None = None, **overrides) -> Manifest:
+        """Build a new version with ``build_index_dir`` (same ``spec`` and overrides) and make it current."""
         name = self._new_name()
-        extra = {**build_kwargs.pop("extra", {}), "version": name}
-        manifest = build_index_dir(self.path(name), vectors, ids, extra=extra, **build_kwargs)
+        spec = resolve_spec(spec, **overrides)
+        spec = resolve_spec(spec, extra={**spec.extra, "version": name})
+        manifest = build_index_dir(self.path(name), vectors, ids, spec)
         self._swap(name)
         return manifest
 
@@ -106,66 +125,78 @@ class VersionedIndex:
 
 
 def add(store: VersionedIndex, vectors: np.ndarray, ids, *, embedding: dict | None,
-        metadata: pd.DataFrame | None = None) -> dict:
+        metadata: pd.DataFrame | None = None, identity_keys: Sequence[str] | None = None) -> Manifest:
     """Append vectors to a copy of the current version and make the copy current.
 
-    Refuses vectors of another dimension or from another model, ids the index already holds,
-    and (when the index keeps metadata) rows without metadata.
+    ``ids``: strings, or None/``"positions"`` when the index keeps position ids (the new rows
+    take the next positions). Refuses vectors of another dimension or from another embedding
+    (``embedding_identity``, with ``identity_keys``), ids the index already holds, and (when
+    the index keeps metadata) rows without metadata. The child carries the parent's fields
+    except its percentile reference and side indexes, which describe the parent's rows only.
     """
-    vectors, ids = as_float32(vectors), [str(i) for i in ids]
+    vectors = as_float32(vectors)
     live = store.load()
     parent, manifest = live.directory.name, live.manifest
-    if vectors.shape[1] != manifest["dim"]:
-        raise VersionMismatchError(f"refusing to add {len(ids)} vectors of dimension {vectors.shape[1]} to version "
-                                   f"{parent}, which holds {manifest['dim']}-d vectors: build a new index instead")
-    if weights_identity(embedding) != weights_identity(manifest.get("embedding")):
-        raise VersionMismatchError(f"refusing to add vectors from {weights_identity(embedding)} to version {parent}, "
-                                   f"built from {weights_identity(manifest.get('embedding'))}: similarities across "
-                                   "models are meaningless; build a new index instead")
-    if len(ids) != len(vectors):
-        raise VersionMismatchError(f"{len(vectors)} vectors but {len(ids)} ids")
-    held = set(map(str, live.ids)) & set(ids)
-    if held or len(set(ids)) != len(ids):
-        raise VersionMismatchError(f"refusing to add ids the index already holds or repeats, e.g. {sorted(held)[:5]}")
+    if vectors.shape[1] != manifest.dim:
+        raise VersionMismatchError(f"refusing to add {len(vectors)} vectors of dimension {vectors.shape[1]} to "
+                                   f"version {parent}, which holds {manifest.dim}-d vectors: build a new index instead")
+    new, old = embedding_identity(embedding, identity_keys), embedding_identity(manifest.embedding, identity_keys)
+    if new != old:
+        raise VersionMismatchError(f"refusing to add vectors from {new} to version {parent}, built from {old}: "
+                                   "similarities across models are meaningless; build a new index instead")
+    new_ids = _new_ids(ids, len(vectors), live)
     old_metadata = live.directory / METADATA_FILE
     if old_metadata.exists() and metadata is None:
         raise VersionMismatchError(f"version {parent} keeps metadata for every row: pass metadata for the new rows")
 
     name = store._new_name()
-    all_ids = [str(i) for i in live.ids] + ids
+    all_ids = concat_ids(live.ids if not manifest.positions else None, new_ids)
     merged_metadata = (pd.concat([pd.read_parquet(old_metadata), metadata], ignore_index=True)
                        if old_metadata.exists() else None)
-    extra = {**{k: v for k, v in manifest.items() if k not in WRITER_KEYS},
-             "version": name, "parent_version": parent, "added_rows": len(ids)}
+    extra = {**{key: value for key, value in manifest.to_json().items() if key not in NOT_CARRIED},
+             **{key: None for key in manifest.side_indexes or []},
+             "version": name, "parent_version": parent, "added_rows": len(vectors)}
     target = store.path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    stored_file = _appended_vectors(live, vectors, target.parent) if manifest.get("stored_vectors") else None
-    files = {VECTORS_FILE: stored_file} if stored_file else None
+    stored_file = _appended_vectors(live, vectors, target.parent) if manifest.stored_vectors else None
+    common = {"factory": manifest.factory, "metric": manifest.metric, "metadata": merged_metadata, "extra": extra,
+              "extra_files": {VECTORS_FILE: stored_file} if stored_file else None, "id_column": manifest.id_column,
+              "embedding": manifest.embedding, "source_partitions": manifest.source_partitions}
     try:
-        if manifest.get("layout") == SHARDED:
+        if manifest.is_sharded:
             offset = live.ntotal
             part = faiss.clone_index(live.shards[0])
             part.reset()  # trained and empty: same centroids, same labels scheme
-            part.add_with_ids(vectors, np.arange(offset, offset + len(ids), dtype=np.int64))
+            part.add_with_ids(vectors, np.arange(offset, offset + len(vectors), dtype=np.int64))
             shards = live.offsets + [{"file": f"shard_{len(live.offsets):05d}.index", "offset": offset,
-                                      "count": len(ids)}]
-            written = write_sharded_dir(target, live.shards + [part], shards, all_ids, factory=manifest["factory"],
-                                        metric=manifest["metric"], metadata=merged_metadata,
-                                        extra={**extra, "embedding": manifest.get("embedding", {}),
-                                               "source_partitions": manifest.get("source_partitions", [])},
-                                        extra_files=files)
+                                      "count": len(vectors)}]
+            written = write_sharded_dir(target, live.shards + [part], shards, all_ids, **common)
         else:
             index = faiss.clone_index(live.index)
             index.add(vectors)
-            written = write_index_dir(target, index, all_ids, factory=manifest["factory"], metric=manifest["metric"],
-                                      metadata=merged_metadata, embedding=manifest.get("embedding"),
-                                      source_partitions=manifest.get("source_partitions"), extra=extra,
-                                      extra_files=files)
+            written = write_index_dir(target, index, all_ids, **common)
     finally:
         if stored_file is not None:
             Path(stored_file).unlink(missing_ok=True)
     store._swap(name)
     return written
+
+
+def _new_ids(ids, n: int, live):
+    """The appended rows' ids, checked against the index's kind of ids and the ids it holds."""
+    if live.manifest.positions or is_positions(ids):
+        if not (live.manifest.positions and is_positions(ids)):
+            raise VersionMismatchError(f"version {live.directory.name} keeps "
+                                       f"{'position' if live.manifest.positions else 'string'} ids; the new rows "
+                                       f"come with {'positions' if is_positions(ids) else 'string ids'}")
+        return None
+    new_ids = id_array(ids)
+    if len(new_ids) != n:
+        raise VersionMismatchError(f"{n} vectors but {len(new_ids)} ids")
+    held = np.intersect1d(id_array(live.ids), new_ids)
+    if len(held) or len(np.unique(new_ids)) != len(new_ids):
+        raise VersionMismatchError(f"refusing to add ids the index already holds or repeats, e.g. {held[:5].tolist()}")
+    return new_ids
 
 
 def _appended_vectors(live, vectors: np.ndarray, where: Path) -> Path:

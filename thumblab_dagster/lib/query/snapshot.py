@@ -25,6 +25,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     load_files,
     published_names,
 )
+from thumblab_dagster.lib.engine.manifest import Manifest
 from thumblab_dagster.lib.engine.percentiles import row_weights, weighted_mean
 from thumblab_dagster.lib.engine.shards import load_any
 from thumblab_dagster.lib.query.ranking import percentile_of, without_self
@@ -44,7 +45,7 @@ def stat_key(path: Path) -> tuple:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def version_of(raw: bytes, manifest) -> str:
+def version_of(raw: bytes, manifest: Manifest) -> str:
     """A version name: the engine's own (versioned roots) or the snapshot + manifest digest."""
     digest = hashlib.sha256(raw).hexdigest()[:10]
     base = manifest.get("version") or manifest.get("snapshot") or "build"
@@ -64,9 +65,7 @@ def _plain(value):
 
 
 def _reference_id(ids, position: int):
-    """Row ``position``'s id: a string id, or the position itself when ids are implicit."""
-    if ids is None:
-        return int(position)
+    """Row ``position``'s id: a string id, or the position itself (an int) when ids are implicit."""
     value = ids[position]
     return value.item() if isinstance(value, np.integer) else str(value)
 
@@ -75,7 +74,7 @@ def _reference_id(ids, position: int):
 class Snapshot:
     name: str
     version: str
-    manifest: object                  # the index manifest (``.get`` / ``[key]``)
+    manifest: Manifest
     directory: Path
     spec: LibrarySpec
     index: object                     # LoadedIndex or ShardedIndex: .search(), .ids, .ntotal
@@ -175,7 +174,7 @@ class Snapshot:
         return value, percentile_of(value, self.side_reference)
 
 
-def _file_stats(directory: Path, manifest) -> dict:
+def _file_stats(directory: Path, manifest: Manifest) -> dict:
     """Identity of every file the manifest covers (by its on-disk name), to spot a swap mid-load."""
     out = {}
     for name in manifest.get("files", {}):
@@ -184,12 +183,12 @@ def _file_stats(directory: Path, manifest) -> dict:
     return out
 
 
-def _original_names(manifest) -> set:
+def _original_names(manifest: Manifest) -> set:
     renamed = manifest.get("published_names")
     return set(renamed) if renamed else set(manifest.get("files", {}))
 
 
-def load_snapshot(name: str, location: Location, version: str, manifest, directory: Path,
+def load_snapshot(name: str, location: Location, version: str, manifest: Manifest, directory: Path,
                   spec: LibrarySpec) -> Snapshot:
     start = time.perf_counter()
     before = _file_stats(directory, manifest)

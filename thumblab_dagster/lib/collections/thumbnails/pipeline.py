@@ -26,11 +26,11 @@ from thumblab_dagster.lib.embed.images import fetch_images, reason_kind
 from thumblab_dagster.lib.engine import index_dir as vector_index
 from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster.lib.engine import stats as index_stats
-from thumblab_dagster.lib.engine.build import DEFAULT_MEMORY_BUDGET, build_index_dir, temp_file
+from thumblab_dagster.lib.engine.build import build_index_dir
 from thumblab_dagster.lib.engine.files import write_json_atomic
-from thumblab_dagster.lib.engine.percentiles import reference_scores, row_weights
-from thumblab_dagster.lib.engine.search import Searcher
-from thumblab_dagster.lib.engine.sources import open_source
+from thumblab_dagster.lib.engine.manifest import Manifest
+from thumblab_dagster.lib.engine.percentiles import row_weights
+from thumblab_dagster.lib.engine.spec import DEFAULT_MEMORY_BUDGET, IndexSpec, ReferenceSpec, SideIndexSpec
 from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL, verify_recall
 from thumblab_dagster.lib.engine.validate import AlignmentReport, check_alignment
 
@@ -39,8 +39,9 @@ _default_log = logging.getLogger(__name__)
 INDEX_METRIC = "inner_product"
 PERCENTILE_K = 10  # neighbours averaged for the similarity percentile (reference stored with the index)
 PERCENTILE_WEIGHT = "views_per_hour"  # the weighted percentile's weight: log1p of this column
-TITLE_VECTORS_FILE = "title_vectors.npy"
-TITLE_REFERENCE_FILE = "title_reference_scores.npy"
+WEIGHTINGS = (PERCENTILE_WEIGHT,)  # the weightings a thumbnail percentile may ask for (the query side offers these)
+ID_COLUMN = "video_id"  # the metadata column holding each row's id (the validator compares it with ids.npy)
+TITLES_KEY = "titles"  # manifest entry of the title side index: title_vectors.npy + title_reference_scores.npy
 
 
 # --- trending_videos ----------------------------------------------------------------------
@@ -191,7 +192,7 @@ class IndexOutcome:
     dates_used: list[str]
     missing_dates: list[str]
     excluded_dates: dict[str, str]
-    manifest: dict = field(repr=False, default_factory=dict)
+    manifest: Manifest | None = field(repr=False, default=None)
 
 
 def reference_window(layout: DataLayout, niche: str, date: str, dates: list[str] | None = None,
@@ -220,46 +221,41 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
         log.warning(f"excluded {d}: {why}")
     if not window.ids:
         log.warning(f"the {niche} window ending {date} holds no vectors: writing an empty index")
-    directory = layout.index_dir(niche, date)
-    title_files, titles = prepare_titles(directory, window.title_vectors)
-    try:
-        manifest = build_index_dir(
-            directory, window.vectors, window.ids, metric=INDEX_METRIC,
-            memory_budget_bytes=settings.memory_budget_bytes, target_recall=settings.target_recall,
-            reference_k=PERCENTILE_K, reference_weights=row_weights(window.metadata, PERCENTILE_WEIGHT),
-            reference_weighting=PERCENTILE_WEIGHT, extra_files=title_files, metadata=window.metadata,
-            embedding=window.embedding, source_partitions=window.dates_used,
-            extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS, "titles": titles,
-                   "source": store.name if store is not None else "parquet"})
-    finally:
-        for path in title_files.values():  # moved in on success; left-overs of a failed build
-            path.unlink(missing_ok=True)
-    log.info(f"{niche}: {manifest['factory']} over {manifest['ntotal']} vectors "
+    spec = niche_index_spec(window.metadata, window.title_vectors, settings=settings, embedding=window.embedding,
+                            source_partitions=window.dates_used,
+                            extra={"niche": niche, "snapshot": date, "window_days": WINDOW_DAYS,
+                                   "source": store.name if store is not None else "parquet"})
+    manifest = build_index_dir(layout.index_dir(niche, date), window.vectors, window.ids, spec)
+    log.info(f"{niche}: {manifest.factory} over {manifest.ntotal} vectors "
              f"(budget {settings.memory_budget_bytes:,} bytes)")
-    return IndexOutcome(ntotal=manifest["ntotal"], dim=manifest["dim"],
-                        file_bytes=manifest["files"][vector_index.INDEX_FILE]["bytes"],
-                        build_seconds=manifest["build_seconds"], dates_used=window.dates_used,
+    return IndexOutcome(ntotal=manifest.ntotal, dim=manifest.dim,
+                        file_bytes=manifest.files[vector_index.INDEX_FILE].bytes,
+                        build_seconds=manifest.build_seconds, dates_used=window.dates_used,
                         missing_dates=window.missing_dates, excluded_dates=window.excluded_dates,
                         manifest=manifest)
 
 
-def prepare_titles(directory, title_vectors: np.ndarray | None) -> tuple[dict, dict | None]:
-    """Title vectors and their leave-one-out top-k reference, staged beside ``directory``.
+def niche_index_spec(metadata, title_vectors: np.ndarray | None, *, settings: IndexSettings = IndexSettings(),
+                     embedding: dict | None = None, source_partitions=(), extra: dict | None = None,
+                     factory: str | None = None, progress=None) -> IndexSpec:
+    """How a niche index is built: the percentile reference (plain and weighted by views per hour),
+    the title side index, ``video_id`` as the metadata's id column."""
+    return IndexSpec(
+        factory=factory, metric=INDEX_METRIC, memory_budget_bytes=settings.memory_budget_bytes,
+        target_recall=settings.target_recall,
+        reference=ReferenceSpec(k=PERCENTILE_K, weights=row_weights(metadata, PERCENTILE_WEIGHT),
+                                weighting=PERCENTILE_WEIGHT),
+        side_indexes=(title_side_index(title_vectors),), metadata=metadata, id_column=ID_COLUMN,
+        embedding=embedding or {}, source_partitions=tuple(source_partitions), extra=extra or {}, progress=progress)
 
-    Returns the files for ``build_index_dir(extra_files=)`` and the manifest's ``titles`` entry
-    (None when the window has no title vectors, e.g. files embedded before titles were).
-    """
-    if title_vectors is None or len(title_vectors) < 2:
-        return {}, None
-    vectors_path, reference_path = temp_file(directory, "titles"), temp_file(directory, "title-reference")
-    vectors_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(vectors_path, title_vectors, allow_pickle=False)
-    flat = vector_index.build_index(title_vectors)  # titles are few (<= 90 x 200): exact search
-    plain, _ = reference_scores(Searcher([flat]), open_source(title_vectors), k=PERCENTILE_K)
-    np.save(reference_path, plain, allow_pickle=False)
-    return ({TITLE_VECTORS_FILE: vectors_path, TITLE_REFERENCE_FILE: reference_path},
-            {"vectors": TITLE_VECTORS_FILE, "reference": TITLE_REFERENCE_FILE, "k": PERCENTILE_K,
-             "rows": int(len(title_vectors)), "embedding": "CLIP text tower"})
+
+def title_side_index(title_vectors: np.ndarray | None) -> SideIndexSpec:
+    """The titles' CLIP text-tower vectors and their leave-one-out top-k reference, built by the
+    engine beside the index: ``title_vectors.npy``, ``title_reference_scores.npy`` and the
+    manifest's ``titles`` entry (null when the window has no title vectors, e.g. files embedded
+    before titles were)."""
+    return SideIndexSpec(key=TITLES_KEY, prefix="title", vectors=title_vectors, reference_k=PERCENTILE_K,
+                         describe={"embedding": "CLIP text tower"})
 
 
 def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 200,

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
-from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT
+from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT, TITLES_KEY
 from thumblab_dagster.lib.embed.clip import LoadedClip, embed_images, embed_texts
 from thumblab_dagster.lib.query import (
     EmbeddingMismatchError,
@@ -32,7 +32,7 @@ from thumblab_dagster.lib.query import (
 THUMBNAILS = LibrarySpec(
     names=NICHES, id_key="video_id", columns=("title", "thumbnail_url", "views_per_hour"),
     weightings=(PERCENTILE_WEIGHT,), noun="niche", missing_hint="run the pipeline, or check THUMBLAB_PUBLISH_DIR",
-    side=SideIndex(key="titles", label="title"))  # CLIP text-tower vectors of the titles (pipeline.prepare_titles)
+    side=SideIndex(key=TITLES_KEY, label="title"))  # CLIP text-tower vectors of the titles (pipeline.title_side_index)
 
 
 def thumbnail_library(root: str | os.PathLike, remote: RemoteSearch | None = None) -> ReferenceLibrary:
