@@ -70,11 +70,15 @@ class IndexTail:
 
 
 class _ToDagsterLog(logging.Handler):
-    """Forwards lib/'s log records (engine progress: train, add, tune, reference) to the run's event log."""
+    """Forwards lib/'s log records (engine progress: train, add, tune, reference) to the run's event log.
 
-    def __init__(self, dagster_log):
+    Records at or above ``passthrough`` also go on to the parent loggers' handlers, as they would
+    have without us; the INFO records we let through only for the event log do not.
+    """
+
+    def __init__(self, dagster_log, parent: logging.Logger | None, passthrough: int):
         super().__init__(logging.INFO)
-        self.dagster_log = dagster_log
+        self.dagster_log, self.parent, self.passthrough = dagster_log, parent, passthrough
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -83,22 +87,25 @@ class _ToDagsterLog(logging.Handler):
             return
         level = "error" if record.levelno >= logging.ERROR else "warning" if record.levelno >= logging.WARNING else "info"
         getattr(self.dagster_log, level)(message)
+        if self.parent is not None and record.levelno >= self.passthrough:
+            self.parent.handle(record)
 
 
 @contextlib.contextmanager
 def lib_logs_to(dagster_log) -> Iterator[None]:
     """While the body runs, lib/'s INFO+ records also reach ``dagster_log`` (the UI's event log)."""
     logger = logging.getLogger(ENGINE_LOGGER)
-    handler = _ToDagsterLog(dagster_log)
-    previous = logger.level
+    saved = (logger.level, logger.propagate)
+    handler = _ToDagsterLog(dagster_log, logger.parent if logger.propagate else None, logger.getEffectiveLevel())
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the handler passes on what would have propagated anyway
     try:
         yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(previous)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def pictures_md(pictures: Mapping[str, bytes]) -> dg.MetadataValue:

@@ -107,6 +107,11 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     pictures = meta(tech_d2, "index_stats")["pictures"]  # histogram + neighbour sheet, inline PNGs
     assert pictures.count("](data:image/png;base64,") == 2 and "neighbour sheet" in pictures
 
+    # The engine's progress (choose, write, reference) reaches the event log of the run that built the index.
+    messages = [e.user_message for e in instance.all_logs(tech_d2.run_id)]
+    assert any(m.startswith("chose Flat for 13 x 512 vectors") for m in messages)
+    assert any("reference over" in m for m in messages)
+
     # The API key reaches no log line, error or metadata value of any run.
     runs = instance.get_run_records()
     assert len(runs) == 4

@@ -48,6 +48,7 @@ def build(context) -> Built:
         "factory": manifest["factory"],
         "search_params": str(manifest.get("search_params") or "none (exact)"),
         "recall_at_10_held_out": rounded(tuning.get("recall_at_k_held_out", 1.0)),
+        "recall_at_10_lower_bound_95": rounded(tuning.get("recall_lower_bound_95", 1.0)),
         "memory_budget_bytes": manifest["memory_budget_bytes"],
         "title_reference_rows": (manifest.get("titles") or {}).get("rows", 0),
     })
