@@ -5,7 +5,8 @@
 - lib/engine, lib/query, lib/embed and lib/stores serve every collection: they import nothing
   from lib/collections.
 - lib/engine and lib/query know no collection's words: a collection passes its id column, the
-  metadata it shows, its weightings and its names.
+  metadata it shows, its weightings and its names; nor any embedder (the engine's own leak was
+  CLIP's weight identity): a collection passes how its embedders are told apart.
 """
 
 import ast
@@ -55,6 +56,11 @@ def test_lib_never_imports_dagster_the_cli_or_the_service():
 @pytest.mark.parametrize("part", SHARED)
 def test_shared_parts_import_nothing_from_collections(part):
     assert offending(LIB / part, ["thumblab_dagster.lib.collections"]) == []
+
+
+@pytest.mark.parametrize("part", GENERIC)
+def test_engine_and_query_import_no_embedder(part):
+    assert offending(LIB / part, ["thumblab_dagster.lib.embed", "open_clip", "torch"]) == []
 
 
 @pytest.mark.parametrize("part", GENERIC)

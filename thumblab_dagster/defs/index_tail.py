@@ -20,6 +20,12 @@ import dagster as dg
 ID_MAP_ALIGNMENT = "id_map_alignment"
 INDEX_RECALL = "index_recall"
 ENGINE_LOGGER = "thumblab_dagster.lib"  # every lib/ module logs under it (engine stages, fetches, stores)
+DESCRIPTIONS = {
+    "index": "The collection's FAISS index directory, built, tuned and checksummed by the engine.",
+    "published": "The copy the query side loads; only after id_map_alignment passes, never older than what is there.",
+    "stats": "Size, speed, self-retrieval and neighbour similarity of the index, with pictures.",
+    "upload": "The checked index directory copied to the upload URL, every file read back and verified.",
+}
 
 
 @dataclass(frozen=True)
@@ -123,12 +129,13 @@ def _check_metadata(values: Mapping[str, Any]) -> dict:
 def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.AssetsDefinition], list]:
     """The tail's assets and checks for one collection: (assets, asset_checks)."""
     common = dict(partitions_def=tail.partitions_def, group_name=tail.group, owners=list(tail.owners),
-                  tags=dict(tail.tags))
+                  tags=dict(tail.tags), code_version=tail.code_version, required_resource_keys=set(tail.resource_keys))
 
-    @dg.asset(name=tail.index_name, deps=list(tail.index_deps), kinds={"faiss"}, code_version=tail.code_version,
-              required_resource_keys=set(tail.resource_keys),
-              description=tail.descriptions.get("index", "The collection's FAISS index directory, "
-                                                "built, tuned and checksummed by the engine."), **common)
+    def about(role: str) -> str:
+        return tail.descriptions.get(role, DESCRIPTIONS[role])
+
+    @dg.asset(name=tail.index_name, deps=list(tail.index_deps), kinds={"faiss"}, description=about("index"),
+              **common)
     def index_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         with lib_logs_to(context.log):
             built = tail.build(context)
@@ -158,10 +165,8 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
         return dg.AssetCheckResult(passed=bool(result["passed"]), severity=dg.AssetCheckSeverity.WARN,
                                    description=description, metadata=_check_metadata(result))
 
-    @dg.asset(name=tail.published_name, deps=[index_asset], kinds={"faiss"}, code_version=tail.code_version,
-              required_resource_keys=set(tail.resource_keys), output_required=False,
-              description=tail.descriptions.get("published", "The copy the query side loads; only after "
-                                                "id_map_alignment passes, never older than what is there."), **common)
+    @dg.asset(name=tail.published_name, deps=[index_asset], kinds={"faiss"}, output_required=False,
+              description=about("published"), **common)
     def published_asset(context: dg.AssetExecutionContext):
         result = tail.publish(context)
         if result.published:
@@ -176,10 +181,7 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
                                               metadata={"published": False, "reason": result.reason,
                                                         **result.metadata}))
 
-    @dg.asset(name=tail.stats_name, deps=[index_asset], kinds={"faiss"}, code_version=tail.code_version,
-              required_resource_keys=set(tail.resource_keys),
-              description=tail.descriptions.get("stats", "Size, speed, self-retrieval and neighbour "
-                                                "similarity of the index, with pictures."), **common)
+    @dg.asset(name=tail.stats_name, deps=[index_asset], kinds={"faiss"}, description=about("stats"), **common)
     def stats_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         with lib_logs_to(context.log):
             measured = tail.measure(context)
@@ -188,10 +190,8 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
 
     assets = [index_asset, published_asset, stats_asset]
     if with_upload and tail.upload is not None:
-        @dg.asset(name=tail.upload_name, deps=[index_asset], kinds={"faiss", "s3"}, code_version=tail.code_version,
-                  required_resource_keys=set(tail.resource_keys) | {"index_upload"},
-                  description=tail.descriptions.get("upload", "The checked index directory copied to the "
-                                                    "upload URL, every file read back and verified."), **common)
+        @dg.asset(name=tail.upload_name, deps=[index_asset], kinds={"faiss", "s3"}, description=about("upload"),
+                  **{**common, "required_resource_keys": common["required_resource_keys"] | {"index_upload"}})
         def upload_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             with lib_logs_to(context.log):
                 return dg.MaterializeResult(metadata=dict(tail.upload(context)))

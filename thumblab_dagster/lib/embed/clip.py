@@ -60,6 +60,12 @@ def weights_identity(info: dict | None) -> tuple:
     return (info.get("model"), info.get("pretrained") if info.get("loaded") else "random-init")
 
 
+def describe_weights(info: dict | None) -> str:
+    """A model and its weights for people: ``ViT-B-32 (random-initialised weights)``."""
+    model, weights = weights_identity(info)
+    return f"{model} ({'random-initialised weights' if weights == 'random-init' else weights})"
+
+
 LABEL_SEPARATOR = "|"  # model names (hf-hub:org/name) and checkpoint paths hold "/", never "|"
 
 

@@ -17,7 +17,7 @@ from thumblab_dagster.lib.query.results import (
     SimilarResult,
     UnknownName,
 )
-from thumblab_dagster.lib.query.spec import LibrarySpec, SideIndex
+from thumblab_dagster.lib.query.spec import LibrarySpec, ModelIdentity, SideIndex
 
-__all__ = ["EmbeddingMismatchError", "IndexUnavailable", "LibrarySpec", "ReferenceLibrary", "RemoteSearch",
+__all__ = ["EmbeddingMismatchError", "IndexUnavailable", "LibrarySpec", "ModelIdentity", "ReferenceLibrary", "RemoteSearch",
            "ScoreResult", "SideIndex", "SimilarResult", "UnknownName"]

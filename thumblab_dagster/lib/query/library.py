@@ -38,7 +38,7 @@ from thumblab_dagster.lib.query.results import (
     TransientLoadError,
     UnknownName,
 )
-from thumblab_dagster.lib.query.snapshot import Location, Snapshot, describe_weights, load_snapshot, stat_key, version_of
+from thumblab_dagster.lib.query.snapshot import Location, Snapshot, load_snapshot, stat_key, version_of
 from thumblab_dagster.lib.query.spec import NAME_PATTERN, LibrarySpec
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ class ReferenceLibrary:
                 "last_modified": (datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds")
                                   if stat else None),
                 "index_type": manifest.get("factory"), "embedding_model": embedding.get("model"),
-                "weights": describe_weights(embedding) if embedding else None,
+                "weights": self.spec.model.describe(embedding) if embedding else None,
                 "version": manifest.get("version") or version_of(manifest_path.read_bytes(), manifest),
                 "snapshot": manifest.get("snapshot"),
                 "serving_version": slot.entry.version if slot and slot.entry else None}

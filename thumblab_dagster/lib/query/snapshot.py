@@ -17,7 +17,6 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from thumblab_dagster.lib.embed.clip import weights_identity
 from thumblab_dagster.lib.engine.index_dir import (
     METADATA_FILE,
     IndexIntegrityError,
@@ -50,11 +49,6 @@ def version_of(raw: bytes, manifest: Manifest) -> str:
     digest = hashlib.sha256(raw).hexdigest()[:10]
     base = manifest.get("version") or manifest.get("snapshot") or "build"
     return f"{base}+{digest}"
-
-
-def describe_weights(info: dict) -> str:
-    model, weights = weights_identity(info)
-    return f"{model} ({'random-initialised weights' if weights == 'random-init' else weights})"
 
 
 def _plain(value):
@@ -114,11 +108,11 @@ class Snapshot:
     def check_model(self, weights: dict) -> None:
         """Refuse a query embedded by another model or other weights than the index's."""
         built = self.manifest.get("embedding") or {}
-        if built and weights_identity(weights) != weights_identity(built):
+        model = self.spec.model
+        if built and model.identity(weights) != model.identity(built):
             raise EmbeddingMismatchError(
-                f"the {self.name} index was built with {describe_weights(built)}, the query embedder is "
-                f"{describe_weights(weights)}: similarities across models are meaningless. Load the same "
-                "model and weights (THUMBLAB_CLIP_MODEL / THUMBLAB_CLIP_PRETRAINED) or rebuild the index")
+                f"the {self.name} index was built with {model.describe(built)}, the query embedder is "
+                f"{model.describe(weights)}: similarities across models are meaningless. {model.hint}")
 
     def _unavailable(self, why: str) -> IndexUnavailable:
         return IndexUnavailable(f"the {self.name} index ({self.version}) {why}")

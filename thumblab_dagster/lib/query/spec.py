@@ -9,7 +9,10 @@ name by (it appears in reasons and in one ``cache_stats`` key).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+from thumblab_dagster.lib.engine.versions import embedding_identity
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # names become file names: no paths
 
@@ -18,6 +21,16 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # names become file na
 class SideIndex:
     key: str     # the manifest field describing it: {"vectors": file, "reference": file, ...}
     label: str   # what its vectors are, in reasons: "local <label> vectors <version>"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """How the collection tells embedders apart: a query from another model or other weights than
+    the index's is refused. ``identity`` compares, ``describe`` names one in messages."""
+
+    identity: Callable[[Mapping], object] = embedding_identity
+    describe: Callable[[Mapping], str] = embedding_identity
+    hint: str = "embed the query with the index's model or rebuild the index"
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class LibrarySpec:
     plural: str = field(default="")   # default: noun + "s"
     missing_hint: str = "build and publish its index"  # what to do when a declared name has no index
     side: SideIndex | None = None     # the side index side_percentile() uses (None: no side index)
+    model: ModelIdentity = ModelIdentity()
 
     def __post_init__(self):
         for attribute in ("names", "columns", "weightings"):  # lists from callers; the spec stays hashable

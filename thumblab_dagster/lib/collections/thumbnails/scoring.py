@@ -17,11 +17,12 @@ from PIL import Image
 
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT, TITLES_KEY
-from thumblab_dagster.lib.embed.clip import LoadedClip, embed_images, embed_texts
+from thumblab_dagster.lib.embed.clip import LoadedClip, describe_weights, embed_images, embed_texts, weights_identity
 from thumblab_dagster.lib.query import (
     EmbeddingMismatchError,
     IndexUnavailable,
     LibrarySpec,
+    ModelIdentity,
     ReferenceLibrary,
     RemoteSearch,
     ScoreResult,
@@ -32,7 +33,11 @@ from thumblab_dagster.lib.query import (
 THUMBNAILS = LibrarySpec(
     names=NICHES, id_key="video_id", columns=("title", "thumbnail_url", "views_per_hour"),
     weightings=(PERCENTILE_WEIGHT,), noun="niche", missing_hint="run the pipeline, or check THUMBLAB_PUBLISH_DIR",
-    side=SideIndex(key=TITLES_KEY, label="title"))  # CLIP text-tower vectors of the titles (pipeline.title_side_index)
+    side=SideIndex(key=TITLES_KEY, label="title"),  # CLIP text-tower vectors of the titles (pipeline.title_side_index)
+    # CLIP model + loaded weights; also right for indices written before the embedder recorded an identity
+    model=ModelIdentity(identity=weights_identity, describe=describe_weights,
+                        hint="Load the same model and weights (THUMBLAB_CLIP_MODEL / THUMBLAB_CLIP_PRETRAINED) "
+                             "or rebuild the index"))
 
 
 def thumbnail_library(root: str | os.PathLike, remote: RemoteSearch | None = None) -> ReferenceLibrary:
