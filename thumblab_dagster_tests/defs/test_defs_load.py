@@ -1,6 +1,7 @@
 """The code location loads as a user's tools load it: every asset, check, job and schedule in its group."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,20 +40,26 @@ def test_the_upload_joins_only_when_configured(tmp_path):
     assert keys == THUMBNAIL_ASSETS | {"uploaded_index"}
 
 
-def test_the_entry_point_is_lazy_definitions_for_dagster_and_dg():
+def instance_env(tmp_path) -> dict:
+    """A fresh, empty Dagster instance for the tools (`make test` points DAGSTER_HOME at the project's)."""
+    return {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+
+
+def test_the_entry_point_is_lazy_definitions_for_dagster_and_dg(tmp_path):
     # workspace.yaml and [tool.dagster] name thumblab_dagster.definitions; its `defs` is @dg.definitions
     assert callable(defs)
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "thumblab_dagster.definitions"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, env=instance_env(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_dg_checks_and_lists_the_thumbnails_group():
+def test_dg_checks_and_lists_the_thumbnails_group(tmp_path):
     dg_cli = Path(sys.executable).parent / "dg"
-    check = subprocess.run([str(dg_cli), "check", "defs"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    check = subprocess.run([str(dg_cli), "check", "defs"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                           env=instance_env(tmp_path))
     assert check.returncode == 0, check.stdout + check.stderr
     listed = subprocess.run([str(dg_cli), "list", "defs", "--json"], capture_output=True, text=True, cwd=ROOT,
-                            timeout=300)
+                            timeout=300, env=instance_env(tmp_path))
     assert listed.returncode == 0, listed.stderr
     found = json.loads(listed.stdout)
     assert {a["asset_key"]: a["group_name"] for a in found["assets"]} == dict.fromkeys(THUMBNAIL_ASSETS, "thumbnails")
