@@ -6,7 +6,7 @@ setup(
     description="Dagster code location that turns media collections into versioned, checked FAISS indices.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(exclude=["thumblab_dagster_tests", "benchmarks"]),
+    packages=find_packages(exclude=["thumblab_dagster_tests", "thumblab_dagster_tests.*", "benchmarks", "benchmarks.*"]),
     package_data={"thumblab_dagster": ["sql/*.sql"]},
     python_requires=">=3.10",
     install_requires=[

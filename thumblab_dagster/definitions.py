@@ -12,14 +12,18 @@ from pathlib import Path
 
 import dagster as dg
 
+import thumblab_dagster.defs
 from thumblab_dagster.defs.bound import binding
 from thumblab_dagster.defs.resources import resources_from_env
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     resources = resources if resources is not None else resources_from_env()
+    # The tree from the package itself (not from pyproject.toml's [tool.dg]), so an installed
+    # wheel loads as well as the checkout does.
     with binding(resources):
-        loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+        loaded = dg.ComponentTree.from_module(defs_module=thumblab_dagster.defs,
+                                              project_root=Path(__file__).resolve().parent.parent).build_defs()
     return dg.Definitions.merge(loaded, dg.Definitions(resources=resources))
 
 

@@ -16,11 +16,10 @@ _bound: ContextVar[dict | None] = ContextVar("thumblab_bound_resources", default
 
 def bound_resources() -> dict:
     resources = _bound.get()
-    if resources is None:
+    if resources is None:  # loaded by a tool without build_definitions: read the environment now
         from thumblab_dagster.defs.resources import resources_from_env
 
         resources = resources_from_env()
-        _bound.set(resources)
     return resources
 
 

@@ -65,14 +65,22 @@ class IndexTail:
     measure: Callable[[Any], Measured]
     upload: Callable[[Any], Mapping[str, Any]] | None = None   # -> metadata; needs resource "index_upload"
     resource_keys: frozenset[str] = frozenset({"storage", "index_engine"})
-    index_name: str = "index"
-    published_name: str = "published_index"
-    stats_name: str = "index_stats"
-    upload_name: str = "uploaded_index"
+    # Asset names; unset, they follow the group ("geo" -> geo_index, geo_published_index, ...) so two
+    # collections never collide. Thumbnails keep their historical names.
+    index_name: str = ""
+    published_name: str = ""
+    stats_name: str = ""
+    upload_name: str = ""
     owners: Sequence[str] = ("team:thumblab",)
     tags: Mapping[str, str] = field(default_factory=dict)
     code_version: str = "1"
     descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for role, name in (("index", "index"), ("published", "published_index"), ("stats", "index_stats"),
+                           ("upload", "uploaded_index")):
+            if not getattr(self, f"{role}_name"):
+                object.__setattr__(self, f"{role}_name", f"{self.group}_{name}")
 
 
 class _ToDagsterLog(logging.Handler):
@@ -168,7 +176,8 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
     @dg.asset(name=tail.published_name, deps=[index_asset], kinds={"faiss"}, output_required=False,
               description=about("published"), **common)
     def published_asset(context: dg.AssetExecutionContext):
-        result = tail.publish(context)
+        with lib_logs_to(context.log):
+            result = tail.publish(context)
         if result.published:
             context.log.info(result.reason)
             yield dg.MaterializeResult(metadata={"published": True, "reason": result.reason, **result.metadata})
@@ -190,7 +199,7 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
 
     assets = [index_asset, published_asset, stats_asset]
     if with_upload and tail.upload is not None:
-        @dg.asset(name=tail.upload_name, deps=[index_asset], kinds={"faiss", "s3"}, description=about("upload"),
+        @dg.asset(name=tail.upload_name, deps=[index_asset], kinds={"faiss"}, description=about("upload"),
                   **{**common, "required_resource_keys": common["required_resource_keys"] | {"index_upload"}})
         def upload_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             with lib_logs_to(context.log):

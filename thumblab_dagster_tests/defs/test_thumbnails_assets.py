@@ -7,14 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from thumblab_dagster.defs.index_tail import ID_MAP_ALIGNMENT, INDEX_RECALL
 from thumblab_dagster.defs.resources import TrendingSourceResource
-from thumblab_dagster.defs.thumbnails.checks import (
-    EMBEDDING_WEIGHTS_PRETRAINED,
-    EMBEDDINGS_VALID,
-    ID_MAP_ALIGNMENT,
-    INDEX_RECALL,
-    TRENDING_NOT_EMPTY,
-)
+from thumblab_dagster.defs.thumbnails.checks import EMBEDDING_WEIGHTS_PRETRAINED, EMBEDDINGS_VALID, TRENDING_NOT_EMPTY
 from thumblab_dagster.defs.thumbnails.definitions import thumbnail_definitions
 from thumblab_dagster.lib.embed.clip import read_embeddings
 from thumblab_dagster.lib.engine import publish as publishing

@@ -1,9 +1,9 @@
-"""The thumbnails' own asset checks (the index's are the shared tail's). Names are constants."""
+"""The thumbnails' own asset checks. Names are constants; the index's checks (id_map_alignment,
+index_recall) are the shared tail's, named in defs/index_tail.py."""
 
 
 import dagster as dg
 
-from thumblab_dagster.defs.index_tail import ID_MAP_ALIGNMENT, INDEX_RECALL  # noqa: F401  (one place for names)
 from thumblab_dagster.defs.resources import StorageResource
 from thumblab_dagster.defs.thumbnails.assets import thumbnail_embeddings, trending_videos
 from thumblab_dagster.defs.thumbnails.partitions import date_and_niche, thumbnail_partitions

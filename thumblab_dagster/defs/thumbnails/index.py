@@ -109,7 +109,9 @@ def thumbnail_index_tail(extra_deps=()) -> IndexTail:
         group=GROUP, partitions_def=thumbnail_partitions,
         index_deps=[dg.AssetDep(thumbnail_embeddings, partition_mapping=reference_window_mapping), *extra_deps],
         build=build, check_alignment=check_alignment, check_recall=check_recall, publish=publish, measure=measure,
-        upload=upload, index_name="niche_index", owners=OWNERS, tags=TAGS,
+        upload=upload, owners=OWNERS, tags=TAGS,
+        index_name="niche_index", published_name="published_index", stats_name="index_stats",
+        upload_name="uploaded_index",
         descriptions={"index": "FAISS index over the niche's de-duplicated embeddings of the last 90 dates.",
                       "published": "The copy the scoring service loads (faiss_indices/<niche>.index + "
                                    "<niche>_ids.npy), newest date only, after id_map_alignment passes.",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import dagster as dg
 
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES, TIMEZONE, WINDOW_DAYS
@@ -18,16 +16,14 @@ date_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone=T
 niche_partitions = dg.StaticPartitionsDefinition(list(NICHES))
 thumbnail_partitions = dg.MultiPartitionsDefinition({"date": date_partitions, "niche": niche_partitions})
 
-# A niche's index on date D reads that niche's embeddings for D-89 .. D. MultiPartitionMapping
-# is beta: keep every use of it here.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.BetaWarning)  # known and accepted, here only
-    reference_window_mapping = dg.MultiPartitionMapping({
-        "date": dg.DimensionPartitionMapping(
-            "date", dg.TimeWindowPartitionMapping(start_offset=-(WINDOW_DAYS - 1), end_offset=0,
-                                                  allow_nonexistent_upstream_partitions=True)),
-        "niche": dg.DimensionPartitionMapping("niche", dg.IdentityPartitionMapping()),
-    })
+# A niche's index on date D reads that niche's embeddings for D-89 .. D. (MultiPartitionMapping
+# is beta; defs/__init__.py accepts its warning.)
+reference_window_mapping = dg.MultiPartitionMapping({
+    "date": dg.DimensionPartitionMapping(
+        "date", dg.TimeWindowPartitionMapping(start_offset=-(WINDOW_DAYS - 1), end_offset=0,
+                                              allow_nonexistent_upstream_partitions=True)),
+    "niche": dg.DimensionPartitionMapping("niche", dg.IdentityPartitionMapping()),
+})
 
 
 def date_and_niche(partition_key: str) -> tuple[str, str]:

@@ -1,12 +1,14 @@
 """Alignment validation: one function for the asset checks and ``thumblab validate``.
 
 An index is aligned when (a) every position maps to the id recorded for it (the id map and the
-row-ordered metadata's id column, which the manifest's ``id_column`` names, agree), (b) stored
+row-ordered metadata's id column agree: the manifest's ``id_column``, or for manifests written
+before it was recorded, the ``id_column`` the caller knows), (b) stored
 vectors searched again find themselves first with cosine >= 0.999, (c) the counts of index,
 id map and metadata agree and ids are unique, and (d) every file matches the manifest's
 checksum. ``check_alignment`` adds what only the pipeline knows: the ids and vectors the index
 was built from. Position ids (row i is id i) are unique and aligned by construction; (b), (c)
-and (d) still apply.
+and (d) still apply. When no id column is known, the report says so (metric ``id_column``)
+instead of passing (a) in silence.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from thumblab_dagster.lib.engine.ids import PositionIds, id_array, is_positions
 from thumblab_dagster.lib.engine.index_dir import (
@@ -33,6 +36,7 @@ from thumblab_dagster.lib.engine.shards import load_any, shard_label_problems
 MIN_SELF_COSINE = 0.999
 MAX_RERANK_FACTOR = 1024  # x k candidates: the deepest a validator digs for a compressed vector
 TIE_TOLERANCE = 1e-6
+ID_COLUMN_UNKNOWN = "unknown (positions not compared with metadata)"
 
 
 @dataclass
@@ -91,8 +95,12 @@ def _code_alignment_problems(loaded, rows: np.ndarray, stored: np.ndarray) -> li
 
 
 def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: int = 0, k: int = 10,
-                       min_cosine: float = MIN_SELF_COSINE) -> AlignmentReport:
-    """Check an index directory on its own, with nothing but its files."""
+                       min_cosine: float = MIN_SELF_COSINE, id_column: str | None = None) -> AlignmentReport:
+    """Check an index directory on its own, with nothing but its files.
+
+    ``id_column``: the metadata's id column, used when the manifest names none (manifests
+    written before ``id_column`` was recorded); the manifest's own wins.
+    """
     directory = Path(directory)
     try:
         manifest = read_manifest(directory)
@@ -111,10 +119,10 @@ def validate_index_dir(directory: str | os.PathLike, sample: int = 200, seed: in
     if loaded.ntotal != len(ids) or manifest.ntotal != loaded.ntotal:                   # (c)
         problems.append(f"counts differ: index {loaded.ntotal}, id map {len(ids)}, manifest {manifest.ntotal}")
     problems += _duplicate_problems(ids)
-    if (directory / METADATA_FILE).exists() and manifest.id_column:                     # (a)
-        id_problems, checked = _metadata_id_problems(directory / METADATA_FILE, manifest.id_column, ids)
+    if (directory / METADATA_FILE).exists():                                            # (a)
+        id_problems, id_metrics = _metadata_alignment(directory / METADATA_FILE, manifest.id_column, id_column, ids)
         problems += id_problems
-        metrics["positions_checked"] = checked
+        metrics.update(id_metrics)
     n = min(sample, loaded.ntotal)                                                        # (b)
     if n and loaded.ntotal == len(ids):
         rows = np.sort(np.random.default_rng(seed).choice(loaded.ntotal, size=n, replace=False))
@@ -151,8 +159,26 @@ def _duplicate_problems(ids) -> list[str]:
     return [f"{len(ids) - len(unique)} duplicate ids in the id map, e.g. {unique[counts > 1][:5].tolist()}"]
 
 
+def _metadata_alignment(path: Path, named: str | None, fallback: str | None, ids) -> tuple[list[str], dict]:
+    """(a) with the column the manifest names or, for older manifests, the caller's ``fallback``.
+
+    A fallback the metadata lacks is reported as unknown, not as a problem: the caller's guess
+    (e.g. a command-line default) may belong to another collection; a named column is a promise.
+    """
+    if named is None and fallback is not None and fallback not in pq.read_schema(path).names:
+        return [], {"id_column": f"{ID_COLUMN_UNKNOWN}: no {fallback!r} column in {path.name}"}
+    column = named or fallback
+    if column is None:
+        return [], {"id_column": ID_COLUMN_UNKNOWN}
+    problems, checked = _metadata_id_problems(path, column, ids)
+    metrics = {"positions_checked": checked}
+    if named is None:
+        metrics["id_column"] = f"{column} (given; the manifest names none)"
+    return problems, metrics
+
+
 def _metadata_id_problems(path: Path, column: str, ids) -> tuple[list[str], int]:
-    """(a): the metadata's id column (the manifest names it) equals the id map, position by position."""
+    """(a): the metadata's id column equals the id map, position by position."""
     try:
         recorded = pd.read_parquet(path, columns=[column])[column]
     except (KeyError, ValueError, pa.ArrowException):
@@ -179,11 +205,12 @@ def _plain(value):
 
 
 def check_alignment(directory: str | os.PathLike, expected_ids, expected_vectors: np.ndarray,
-                    sample: int = 200, seed: int = 0, k: int = 10) -> AlignmentReport:
+                    sample: int = 200, seed: int = 0, k: int = 10, id_column: str | None = None) -> AlignmentReport:
     """``validate_index_dir`` plus the build's inputs: the id set equals ``expected_ids`` (None or
     ``"positions"`` for a position-id index: one row per vector) and, for up to ``sample`` of
-    those rows, the row's own input vector finds its id first."""
-    report = validate_index_dir(directory, sample=sample, seed=seed, k=k)
+    those rows, the row's own input vector finds its id first. ``id_column`` as for
+    ``validate_index_dir``."""
+    report = validate_index_dir(directory, sample=sample, seed=seed, k=k, id_column=id_column)
     problems, metrics = list(report.problems), dict(report.metrics)
     try:
         loaded = load_any(directory, verify=False)

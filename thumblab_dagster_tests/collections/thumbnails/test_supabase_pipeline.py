@@ -8,6 +8,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from thumblab_dagster.definitions import build_definitions
+from thumblab_dagster.defs.index_tail import ID_MAP_ALIGNMENT
 from thumblab_dagster.defs.resources import (
     ClipEmbedderResource,
     IndexEngineResource,
@@ -18,7 +19,6 @@ from thumblab_dagster.defs.resources import (
     TrendingSourceResource,
 )
 from thumblab_dagster.defs.supabase.assets import SUPABASE_MIRROR_IN_SYNC
-from thumblab_dagster.defs.thumbnails.checks import ID_MAP_ALIGNMENT
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote
 from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer, thumbnail_library
 from thumblab_dagster.lib.embed.clip import read_embeddings
