@@ -106,7 +106,7 @@ def worker(system: str, files: dict, budget_mb: int, out_dir: Path) -> dict:
     faiss.omp_set_num_threads(os.cpu_count())
     queries, gt = np.load(files["queries"]), np.load(files["gt"])
     if system in ("thumblab", "thumblab_flat"):
-        from thumblab_dagster.lib.engine import index_dir as vector_index
+        from thumblab_dagster.lib.engine import index_dir
         from thumblab_dagster.lib.engine.build import POSITIONS, IndexSpec, build_index_dir
         from thumblab_dagster.lib.engine.sources import NpyFileSource
 
@@ -116,7 +116,7 @@ def worker(system: str, files: dict, budget_mb: int, out_dir: Path) -> dict:
                                    IndexSpec(memory_budget_bytes=budget_mb * 2**20,
                                              factory="Flat" if system == "thumblab_flat" else None))
         build_s = time.perf_counter() - start
-        loaded = vector_index.load_index_dir(out_dir / system)
+        loaded = index_dir.load_index_dir(out_dir / system)
         _, found = loaded.search(queries, K)
         return {"factory": manifest["factory"], "search_params": manifest["search_params"],
                 "build_s": round(build_s, 2), "build_s_by_stage": manifest["build_seconds_by_stage"],

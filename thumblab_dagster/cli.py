@@ -27,6 +27,12 @@ NICHE_CHOICE = click.Choice(list(NICHES))
               help="Only these niches (repeatable; default all five).")
 def demo(date, niches):
     """Materialise every thumbnail asset for one date and print a per-niche summary."""
+    from thumblab_dagster.defs.resources import resources_from_env
+
+    try:  # every setting, and the resources the definitions will bind, before anything runs
+        resources_from_env()
+    except ValueError as exc:  # a SettingsError line: a bad value, or half a Supabase configuration
+        fail(str(exc))
     from thumblab_dagster.defs.thumbnails.partitions import START_DATE, date_partitions
     from thumblab_dagster.demo import run_demo
 
@@ -38,11 +44,21 @@ def demo(date, niches):
     sys.exit(0 if all(s.success for s in summaries) else 1)
 
 
+def thumbnail_id_column() -> str:
+    # Called only when validate runs: the pipeline's imports (pandas, faiss) stay out of the other commands.
+    from thumblab_dagster.lib.collections.thumbnails.pipeline import ID_COLUMN
+
+    return ID_COLUMN
+
+
 @main.command()
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--sample", default=200, show_default=True, help="Stored vectors to search again.")
 @click.option("--seed", default=0, show_default=True)
-def validate(index_dir, sample, seed):
+@click.option("--id-column", default=thumbnail_id_column, show_default="the thumbnails' id column",
+              help="The metadata column holding each row's id, for manifests that name none (written before "
+                   "id_column was recorded); '' for none.")
+def validate(index_dir, sample, seed, id_column):
     """Prove an index directory's ids line up with its vectors; exit 1 on any mismatch.
 
     INDEX_DIR may also be a versioned root (with a ``current`` pointer): its live version is checked.
@@ -53,7 +69,7 @@ def validate(index_dir, sample, seed):
     store = VersionedIndex(index_dir)
     if store.pointer.exists():
         index_dir = str(store.path(store.current() or ""))
-    report = validate_index_dir(index_dir, sample=sample, seed=seed)
+    report = validate_index_dir(index_dir, sample=sample, seed=seed, id_column=id_column or None)
     summary = ", ".join(f"{k} {v}" for k, v in report.metrics.items())
     if report.passed:
         click.echo(f"OK {index_dir}: {summary}")
@@ -89,18 +105,22 @@ def settings():
         fail(str(exc))
 
 
-def library_at(root: str | None):
-    """The published indices, with the shared store (Supabase) as the fallback when configured."""
+def library_at(root: str | None, given=None):
+    """The published indices, with the shared store (Supabase) as the fallback when configured.
+
+    ``given``: the settings already loaded (else read here; a bad value ends the command first).
+    """
     from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
     from thumblab_dagster.lib.collections.thumbnails.remote import remote_from_env
     from thumblab_dagster.lib.collections.thumbnails.scoring import thumbnail_library
 
-    settings()  # a bad value of any setting is reported before anything loads
+    given = given or settings()
     try:
-        remote = remote_from_env()
+        remote = remote_from_env(settings=given)
     except ValueError as exc:  # half a Supabase configuration
         fail(str(exc))
-    return thumbnail_library(root or DataLayout.from_env().published, remote=remote)
+    return thumbnail_library(root or DataLayout.from_env(settings=given).published, remote=remote,
+                             min_references=given.min_references)
 
 
 def scorer_at(root: str | None):
@@ -108,8 +128,8 @@ def scorer_at(root: str | None):
     from thumblab_dagster.lib.embed import clip as embedding
 
     given = settings()
-    clip = embedding.load_clip(given.clip_model, given.clip_pretrained, given.clip_device)
-    return UploadScorer(library_at(root), clip)
+    library = library_at(root, given)  # half a Supabase configuration is reported before the model loads
+    return UploadScorer(library, embedding.load_clip(given.clip_model, given.clip_pretrained, given.clip_device))
 
 
 def read_upload(image_or_url: str):

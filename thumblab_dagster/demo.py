@@ -2,21 +2,19 @@
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from thumblab_dagster.defs.thumbnails.partitions import TIMEZONE
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
+from thumblab_dagster.lib.collections.thumbnails.trending import today_in
 
 # Progress (INFO) on the console; Dagster's step-by-step DEBUG events stay in the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def today_in_hobart() -> str:
-    return datetime.now(ZoneInfo(TIMEZONE)).date().isoformat()
+    return today_in()  # the partitions' timezone, Australia/Hobart
 
 
 @dataclass
@@ -60,9 +58,31 @@ def summarise(niche: str, result) -> NicheSummary:
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         if failures:
-            error = failures[0].step_failure_data.error
-            summary.error = f"{failures[0].step_key}: {error.message.strip().splitlines()[0] if error else 'failed'}"
+            summary.error = f"{failures[0].step_key} failed: {root_cause(failures[0].step_failure_data)}"
     return summary
+
+
+def root_cause(failure) -> str:
+    """The first line of what went wrong in a step: a ``dg.Failure``'s description, else the message
+    of the first exception under Dagster's "Error occurred while executing op" wrappers."""
+    described = failure.user_failure_data.description if failure.user_failure_data else None
+    if described:
+        return _first_line(described)
+    error = failure.error
+    while error is not None and error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    if error is None:
+        return "failed (no error recorded)"
+    # SerializableErrorInfo.message reads "package.module.ClassName: text"; keep the class's own name.
+    head, sep, text = error.message.partition(": ")
+    text = text if sep and head.endswith(error.cls_name) else error.message
+    ours = head.startswith("thumblab_dagster.")
+    return _first_line(text) if ours and text.strip() else f"{error.cls_name}: {_first_line(text)}"
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
 
 
 def format_table(date: str, summaries: list[NicheSummary]) -> str:

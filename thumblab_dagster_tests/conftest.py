@@ -6,6 +6,9 @@ from thumblab_dagster_tests.fakes.youtube import FakeYouTubeServer
 
 # No test may reach beyond loopback, and none should wait on a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The partitions are defined when the code location is imported; the tests replay dates from 2026-08
+# (a 90-day window and retention beyond it), earlier than the recent default start.
+os.environ.setdefault("THUMBLAB_PARTITIONS_START", "2026-01-01")
 
 TEST_KEY = "AIzaTEST-secret-key-0123456789"
 
@@ -32,7 +35,9 @@ def resources(tmp_path, youtube):
         "trending_source": TrendingSourceResource(api_key=TEST_KEY, base_url=youtube.base_url, max_results=12,
                                                   retries=2, backoff_factor=0.0),
         "embedder": ClipEmbedderResource(pretrained="none", device="cpu", batch_size=8),
-        "thumbnail_fetch": ThumbnailFetchResource(max_workers=4, timeout_s=5.0, max_bytes=1024 * 1024),
+        # Transport retries without backoff, and no RetryPolicy wait (in-process runs sleep through it).
+        "thumbnail_fetch": ThumbnailFetchResource(max_workers=4, timeout_s=5.0, max_bytes=1024 * 1024,
+                                                  backoff_factor=0.0, retry_later=False),
         "index_engine": IndexEngineResource(),
     }
 

@@ -13,9 +13,8 @@ from PIL import Image
 from thumblab_dagster.cli import main
 from thumblab_dagster.defs import resources as res
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
+from thumblab_dagster.lib.collections.thumbnails.pipeline import FetchSettings, IndexSettings, SourceSettings
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseSettings
-from thumblab_dagster.lib.collections.thumbnails.youtube import DEFAULT_BASE_URL
-from thumblab_dagster.lib.embed import clip
 from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
 from thumblab_dagster.lib.engine.build import DEFAULT_MEMORY_BUDGET
 from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL
@@ -78,26 +77,32 @@ def test_values_are_normalised_and_blank_means_the_default():
     assert given.fetch_allow_private == ("127.0.0.1", "localhost") and given.publish_dir is None
 
 
-def test_the_defaults_are_the_libraries_defaults():
-    # lib/ keeps its own constants for code that calls it directly; they must say the same thing
+def test_an_empty_environment_gives_the_defaults_everywhere():
+    # the resources, the pipeline's dataclasses and lib/'s constants take their defaults from lib/settings.py
     given = load_settings({})
     assert all(getattr(given, s.name) == s.default for s in SETTINGS)
-    assert (given.clip_model, given.clip_pretrained) == (clip.DEFAULT_MODEL, clip.DEFAULT_PRETRAINED)
-    assert given.youtube_base_url == DEFAULT_BASE_URL
-    assert given.index_memory_mb * 2**20 == DEFAULT_MEMORY_BUDGET and given.index_target_recall == DEFAULT_TARGET_RECALL
+    assert res.TrendingSourceResource().settings == SourceSettings()
+    assert res.ThumbnailFetchResource().settings == FetchSettings()
+    assert res.IndexEngineResource().settings == IndexSettings()
     assert FetchPolicy.from_env({}) == FetchPolicy()
     assert DataLayout.from_env({}) == DataLayout.at(given.data_root)
+    # the engine is generic and keeps its own defaults for direct callers: they must say the same thing
+    assert given.index_memory_mb * 2**20 == DEFAULT_MEMORY_BUDGET and given.index_target_recall == DEFAULT_TARGET_RECALL
+
+
+def test_resources_from_an_empty_environment_are_the_default_resources():
+    resources = res.resources_from_env({})
+    assert set(resources) == {"storage", "trending_source", "embedder", "thumbnail_fetch", "index_engine"}
+    for key, resource in resources.items():
+        default = res.RESOURCES[key]()
+        assert resource == default, key
 
 
 def test_every_resource_field_has_the_settings_default_bounds_and_doc():
-    classes = {"storage": res.StorageResource, "trending_source": res.TrendingSourceResource,
-               "embedder": res.ClipEmbedderResource, "thumbnail_fetch": res.ThumbnailFetchResource,
-               "supabase": res.SupabaseResource, "index_upload": res.IndexUploadResource,
-               "index_engine": res.IndexEngineResource}
     for setting in SETTINGS:
         if setting.target and not setting.target.startswith("("):
             key, name = setting.target.split(".")
-            field = classes[key].model_fields[name]
+            field = res.RESOURCES[key].model_fields[name]
             assert setting.env in field.description, setting.env
             if key != "index_upload":  # the upload URL is required: without one there is no upload resource
                 assert field.default == setting.default, setting.env
@@ -121,6 +126,17 @@ def test_resources_bind_every_secret_by_name():
     assert SECRET not in repr(resources)
     with pytest.raises(SettingsError, match="set both SUPABASE_URL and SUPABASE_KEY"):
         res.resources_from_env({"SUPABASE_URL": "http://127.0.0.1:9/"})
+
+
+def test_the_service_parses_the_environment_once(monkeypatch):
+    from thumblab_dagster.service import app
+
+    calls = []
+    monkeypatch.setattr(app, "load_settings", lambda environ=None: calls.append(environ) or load_settings(environ))
+    for helper in ("lib.collections.thumbnails.layout", "lib.collections.thumbnails.remote", "lib.embed.untrusted_fetch"):
+        monkeypatch.setattr(f"thumblab_dagster.{helper}.load_settings", lambda environ=None: pytest.fail("parsed again"))
+    ServiceSettings.from_env({"SUPABASE_DB_URL": "postgresql://h/db"})
+    assert len(calls) == 1
 
 
 def test_the_service_and_the_query_side_read_the_same_settings(tmp_path):
@@ -176,6 +192,19 @@ def test_stats_and_serve_stop_on_a_bad_setting_with_one_line(tmp_path):
     serve = CliRunner().invoke(main, ["serve", "--port", "0"], env={"THUMBLAB_FETCH_MAX_BYTES": "5MB"})
     assert (serve.exit_code, serve.stderr) == (1, "error: THUMBLAB_FETCH_MAX_BYTES='5MB': use a positive whole number "
                                                   "of bytes such as 5242880\n")
+
+
+@pytest.mark.parametrize("env, line", [
+    ({"YOUTUBE_REGION_CODE": "USA"}, "error: YOUTUBE_REGION_CODE='USA': use a two-letter ISO 3166-1 code such as US\n"),
+    ({"SUPABASE_URL": "http://127.0.0.1:9/", "SUPABASE_KEY": None, "SUPABASE_DB_URL": None},
+     "error: set both SUPABASE_URL and SUPABASE_KEY (or neither)\n"),
+])
+def test_the_demo_stops_on_a_bad_setting_with_one_line_before_running_anything(tmp_path, monkeypatch, env, line):
+    # what `make demo` prints: the line, not a traceback through build_definitions
+    monkeypatch.setattr("thumblab_dagster.demo.run_demo", lambda *a, **k: pytest.fail("the demo ran"))
+    result = CliRunner().invoke(main, ["demo"], env={"DAGSTER_HOME": str(tmp_path / "home"), **env})
+    assert (result.exit_code, result.stderr, result.stdout) == (1, line, "")
+    assert not (tmp_path / "home").exists()
 
 
 def test_the_code_location_shows_the_line_when_it_loads(tmp_path):

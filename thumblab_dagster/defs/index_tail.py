@@ -1,5 +1,6 @@
-"""The shared index tail: index -> id_map_alignment (blocking) -> index_recall (WARN) -> published
-copy -> stats -> upload (when configured), written once for every collection.
+"""The shared index tail: index -> id_map_alignment (blocking) -> index_recall (WARN) (+ enough_references
+(WARN) when the collection counts references) -> published copy -> stats -> upload (when configured),
+written once for every collection.
 
 A collection hands ``index_tail`` an ``IndexTail``: its partitions, what the index depends on,
 and small functions that do the work through lib/ (build, re-check, publish, measure, upload).
@@ -19,6 +20,7 @@ import dagster as dg
 
 ID_MAP_ALIGNMENT = "id_map_alignment"
 INDEX_RECALL = "index_recall"
+ENOUGH_REFERENCES = "enough_references"
 ENGINE_LOGGER = "thumblab_dagster.lib"  # every lib/ module logs under it (engine stages, fetches, stores)
 DESCRIPTIONS = {
     "index": "The collection's FAISS index directory, built, tuned and checksummed by the engine.",
@@ -64,6 +66,9 @@ class IndexTail:
     publish: Callable[[Any], Published]
     measure: Callable[[Any], Measured]
     upload: Callable[[Any], Mapping[str, Any]] | None = None   # -> metadata; needs resource "index_upload"
+    # With both: the enough_references WARN check (percentiles from fewer references are not confident).
+    reference_count: Callable[[Any], int] | None = None        # -> references the built index's percentiles rank against
+    min_references: Callable[[Any], int] | None = None         # -> the fewest for a confident percentile
     resource_keys: frozenset[str] = frozenset({"storage", "index_engine"})
     # Asset names; unset, they follow the group ("geo" -> geo_index, geo_published_index, ...) so two
     # collections never collide. Thumbnails keep their historical names.
@@ -173,6 +178,10 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
         return dg.AssetCheckResult(passed=bool(result["passed"]), severity=dg.AssetCheckSeverity.WARN,
                                    description=description, metadata=_check_metadata(result))
 
+    checks = [id_map_alignment, index_recall]
+    if tail.reference_count is not None and tail.min_references is not None:
+        checks.append(_enough_references(tail, check_common))
+
     @dg.asset(name=tail.published_name, deps=[index_asset], kinds={"faiss"}, output_required=False,
               description=about("published"), **common)
     def published_asset(context: dg.AssetExecutionContext):
@@ -206,4 +215,20 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
                 return dg.MaterializeResult(metadata=dict(tail.upload(context)))
 
         assets.append(upload_asset)
-    return assets, [id_map_alignment, index_recall]
+    return assets, checks
+
+
+def _enough_references(tail: IndexTail, check_common: dict):
+    @dg.asset_check(name=ENOUGH_REFERENCES, description="Warns when the index holds fewer references than a "
+                    "confident percentile needs (THUMBLAB_MIN_REFERENCES): its answers are flagged "
+                    "confident: false. The index is still built and published.", **check_common)
+    def enough_references(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        count, minimum = tail.reference_count(context), tail.min_references(context)
+        enough = count >= minimum
+        description = (f"{count} references (at least {minimum})" if enough else
+                       f"only {count} references (fewer than {minimum}): percentiles from this index are "
+                       "flagged not confident")
+        return dg.AssetCheckResult(passed=enough, severity=dg.AssetCheckSeverity.WARN, description=description,
+                                   metadata={"reference_count": count, "min_references": minimum})
+
+    return enough_references

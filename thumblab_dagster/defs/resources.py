@@ -1,8 +1,9 @@
 """Resources: where files live, where trending videos come from, how thumbnails are embedded.
 
 Every field that an environment variable sets takes its default, bounds and doc from
-``lib/settings.py``; ``resources_from_env`` fills them from ``load_settings`` (see the README's
-tables). Tests build them directly with a temp data root.
+``lib/settings.py``; ``resources_from_env`` fills each resource from the settings rows that
+target it (see the README's tables). The other fields default to the pipeline's settings
+dataclasses, so no default is written twice. Tests build them directly with a temp data root.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.pipeline import FetchSettings, IndexSettings, SourceSettings
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseSettings
 from thumblab_dagster.lib.embed import clip as embedding
-from thumblab_dagster.lib.settings import SETTING, SettingsError, load_settings
+from thumblab_dagster.lib.settings import SETTING, SETTINGS, SettingsError, load_settings
 from thumblab_dagster.lib.stores.upload import destination_for
 
 
@@ -36,15 +37,21 @@ class TrendingSourceResource(dg.ConfigurableResource):
     base_url: str = SETTING["youtube_base_url"].resource_field()
     region_code: str = SETTING["youtube_region_code"].resource_field()
     max_results: int = SETTING["youtube_max_results"].resource_field()
-    timeout_s: float = Field(default=15.0, gt=0)
-    retries: int = Field(default=3, ge=0)
-    backoff_factor: float = Field(default=1.0, ge=0)
+    live_grace_days: int = SETTING["live_grace_days"].resource_field()
+    refresh: str = SETTING["trending_refresh"].resource_field()
+    today: str | None = Field(default=None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                              description="The date the live chart counts as today (YYYY-MM-DD); unset: the current "
+                                          "date in Australia/Hobart. For tests and recorded-chart servers only.")
+    timeout_s: float = Field(default=SourceSettings.timeout_s, gt=0)
+    retries: int = Field(default=SourceSettings.retries, ge=0)
+    backoff_factor: float = Field(default=SourceSettings.backoff_factor, ge=0)
 
     @property
     def settings(self) -> SourceSettings:
         return SourceSettings(api_key=self.api_key, base_url=self.base_url, region_code=self.region_code.upper(),
                               max_results=self.max_results, timeout_s=self.timeout_s, retries=self.retries,
-                              backoff_factor=self.backoff_factor)
+                              backoff_factor=self.backoff_factor, live_grace_days=self.live_grace_days,
+                              refresh=self.refresh.lower() == "on", today=self.today)
 
 
 class ClipEmbedderResource(dg.ConfigurableResource):
@@ -60,15 +67,25 @@ class ClipEmbedderResource(dg.ConfigurableResource):
 
 
 class ThumbnailFetchResource(dg.ConfigurableResource):
-    """Bounds on fetching thumbnails: threads, per-request timeout, size cap."""
+    """Bounds on fetching thumbnails: threads, per-request timeout, size cap, retries, failures allowed."""
 
     max_workers: int = SETTING["fetch_workers"].resource_field()
-    timeout_s: float = Field(default=10.0, gt=0)
-    max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    timeout_s: float = Field(default=FetchSettings.timeout_s, gt=0)
+    max_bytes: int = Field(default=FetchSettings.max_bytes, ge=1024)
+    retries: int = Field(default=FetchSettings.retries, ge=0, le=10,
+                         description="times a thumbnail that failed in transport is tried again")
+    backoff_factor: float = Field(default=FetchSettings.backoff_factor, ge=0, le=10,
+                                  description="seconds before the first retry, doubling for each next one")
+    max_failed_share: float = SETTING["fetch_max_failed_share"].resource_field()
+    retry_later: bool = Field(default=True, description=(
+        "let the asset's RetryPolicy re-run a partition that failed in transport (minutes later); "
+        "off for in-process runs that should fail at once"))
 
     @property
     def settings(self) -> FetchSettings:
-        return FetchSettings(self.max_workers, self.timeout_s, self.max_bytes)
+        return FetchSettings(max_workers=self.max_workers, timeout_s=self.timeout_s, max_bytes=self.max_bytes,
+                             retries=self.retries, backoff_factor=self.backoff_factor,
+                             max_failed_share=self.max_failed_share)
 
 
 class SupabaseResource(dg.ConfigurableResource):
@@ -99,11 +116,13 @@ class IndexUploadResource(dg.ConfigurableResource):
 
 
 class IndexEngineResource(dg.ConfigurableResource):
-    """How indices are chosen and tuned: a memory budget and the recall@10 they must prove."""
+    """How indices are chosen and tuned: a memory budget, the recall@10 they must prove, and the fewest
+    references a confident percentile needs."""
 
     memory_budget_mb: int = SETTING["index_memory_mb"].resource_field()
     target_recall: float = SETTING["index_target_recall"].resource_field()
     source: str = SETTING["index_source"].resource_field()
+    min_references: int = SETTING["min_references"].resource_field()
     supabase: SupabaseResource | None = None
 
     @property
@@ -115,44 +134,47 @@ class IndexEngineResource(dg.ConfigurableResource):
         return self.supabase.store() if self.source == "supabase" and self.supabase else None
 
 
-def _secret(settings, name: str) -> dg.EnvVar | None:
-    """A secret bound by its variable's name, so the UI and the logs show the name, never the value."""
-    return dg.EnvVar(SETTING[name].env) if getattr(settings, name) else None
+# The resource a settings row's target names: "storage.data_root" is StorageResource.data_root.
+RESOURCES = {"storage": StorageResource, "trending_source": TrendingSourceResource, "embedder": ClipEmbedderResource,
+             "thumbnail_fetch": ThumbnailFetchResource, "supabase": SupabaseResource,
+             "index_upload": IndexUploadResource, "index_engine": IndexEngineResource}
+
+
+def from_settings(key: str, settings, **extra) -> dg.ConfigurableResource:
+    """Resource ``key`` with every field a settings row targets, plus ``extra`` (its nested resources).
+
+    A set secret is bound by its variable's name (``dg.EnvVar``), so the UI and the logs show the
+    name, never the value.
+    """
+    fields = {}
+    for setting in SETTINGS:
+        owner, _, name = setting.target.partition(".")
+        if owner == key:
+            value = getattr(settings, setting.name)
+            fields[name] = dg.EnvVar(setting.env) if setting.secret and value is not None else value
+    return RESOURCES[key](**fields, **extra)
 
 
 def supabase_resource(settings) -> SupabaseResource | None:
     """The Supabase resource when SUPABASE_DB_URL, or SUPABASE_URL and SUPABASE_KEY, are set."""
-    supabase = SupabaseSettings(settings.supabase_url, settings.supabase_key, settings.supabase_db_url)
+    supabase = SupabaseSettings.from_env(settings=settings)
     if supabase.problems():
         raise SettingsError(supabase.problems()[0])
-    if not supabase.configured:
-        return None
-    return SupabaseResource(url=settings.supabase_url, key=_secret(settings, "supabase_key"),
-                            db_url=_secret(settings, "supabase_db_url"),
-                            retention_days=settings.supabase_retention_days)
+    return from_settings("supabase", settings) if supabase.configured else None
 
 
 def resources_from_env(environ=None) -> dict:
     """The resources ``environ`` (default ``os.environ``) sets; a bad value raises one ``SettingsError`` line."""
     settings = load_settings(environ)
     supabase = supabase_resource(settings)
-    if settings.index_source == "supabase" and supabase is None:
+    from_store = settings.index_source == "supabase"
+    if from_store and supabase is None:
         raise SettingsError("THUMBLAB_INDEX_SOURCE=supabase needs SUPABASE_DB_URL, or SUPABASE_URL and SUPABASE_KEY")
-    resources = {
-        "storage": StorageResource(data_root=settings.data_root, publish_dir=settings.publish_dir),
-        "trending_source": TrendingSourceResource(
-            api_key=_secret(settings, "youtube_api_key"), base_url=settings.youtube_base_url,
-            region_code=settings.youtube_region_code, max_results=settings.youtube_max_results),
-        "embedder": ClipEmbedderResource(model=settings.clip_model, pretrained=settings.clip_pretrained,
-                                         device=settings.clip_device, batch_size=settings.clip_batch_size),
-        "thumbnail_fetch": ThumbnailFetchResource(max_workers=settings.fetch_workers),
-        "index_engine": IndexEngineResource(memory_budget_mb=settings.index_memory_mb,
-                                            target_recall=settings.index_target_recall, source=settings.index_source,
-                                            supabase=supabase if settings.index_source == "supabase" else None),
-    }
+    resources = {key: from_settings(key, settings) for key in ("storage", "trending_source", "embedder",
+                                                               "thumbnail_fetch")}
+    resources["index_engine"] = from_settings("index_engine", settings, supabase=supabase if from_store else None)
     if supabase is not None:
         resources["supabase"] = supabase
-    if settings.index_upload_url:
-        # EnvVar: fsspec URLs may carry credentials (sftp://user:pass@..., signed query strings)
-        resources["index_upload"] = IndexUploadResource(url=_secret(settings, "index_upload_url"), supabase=supabase)
+    if settings.index_upload_url:  # bound by name: fsspec URLs may carry credentials (sftp://user:pass@...)
+        resources["index_upload"] = from_settings("index_upload", settings, supabase=supabase)
     return resources

@@ -121,6 +121,18 @@ SETTINGS: tuple[Setting, ...] = (
             doc="chart region (ISO 3166-1 alpha-2)"),
     Setting("youtube_max_results", "YOUTUBE_MAX_RESULTS", int, 30, target="trending_source.max_results", ge=1, le=500,
             doc="videos per niche and day (pages past 50)"),
+    Setting("live_grace_days", "THUMBLAB_LIVE_GRACE_DAYS", int, 1, target="trending_source.live_grace_days", ge=0,
+            doc="YouTube's chart is always today's (Australia/Hobart): with an API key, a date this many days before "
+                "today may still collect it (a late run); older dates reuse their trending file, or fail at once "
+                "without one"),
+    Setting("trending_refresh", "THUMBLAB_TRENDING_REFRESH", str, "off", target="trending_source.refresh",
+            choices=("on", "off"), case="lower",
+            doc="`on`: re-running a date that the live chart still covers fetches it again instead of reusing its "
+                "trending file (older dates never re-fetch)"),
+    Setting("partitions_start", "THUMBLAB_PARTITIONS_START", str, "2026-11-01", target="(partitions)",
+            pattern=r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])", allowed="a date YYYY-MM-DD such as 2026-11-01",
+            doc="the first partition date (read when the code location loads). The live API fills only today's "
+                "date; the sample source fills any"),
     Setting("data_root", "THUMBLAB_DATA_ROOT", str, "thumblab_data", target="storage.data_root",
             shown_default="`thumblab_data` (relative to the working directory)", doc="where every file is written"),
     Setting("publish_dir", "THUMBLAB_PUBLISH_DIR", str, None, target="storage.publish_dir",
@@ -136,10 +148,18 @@ SETTINGS: tuple[Setting, ...] = (
             doc="images per forward pass"),
     Setting("fetch_workers", "THUMBLAB_FETCH_WORKERS", int, 8, target="thumbnail_fetch.max_workers", ge=1, le=64,
             doc="concurrent thumbnail downloads (10 s timeout, 5 MiB cap each)"),
+    Setting("fetch_max_failed_share", "THUMBLAB_FETCH_MAX_FAILED_SHARE", float, 0.10,
+            target="thumbnail_fetch.max_failed_share", ge=0, le=1, allowed="a number from 0 to 1 such as 0.1 (10%)",
+            doc="share of a partition's thumbnails that may still fail in transport (refused, reset, timed out, 5xx) "
+                "after retries; above it the partition fails and nothing is published. Content failures (404, not "
+                "an image) are skipped and counted"),
     Setting("index_memory_mb", "THUMBLAB_INDEX_MEMORY_MB", int, 2048, target="index_engine.memory_budget_mb", ge=1,
             doc="memory an index may take, in MiB; decides Flat / HNSW / IVF / IVF-PQ"),
     Setting("index_target_recall", "THUMBLAB_INDEX_TARGET_RECALL", float, 0.95, target="index_engine.target_recall",
             gt=0, le=1, doc="the recall@10 that tuning must prove on held-out queries (approximate indices only)"),
+    Setting("min_references", "THUMBLAB_MIN_REFERENCES", int, 30, target="index_engine.min_references", ge=1,
+            doc="percentiles from fewer references are flagged not confident (`confident: false` in the CLI and "
+                "`/v1/score`, and the `enough_references` check warns)"),
     Setting("dagster_home", "DAGSTER_HOME", str, None, shown_default="`.dagster_home` (Makefile)",
             doc="the local Dagster instance (read by Dagster itself)"),
     # --- the HTTP service ---

@@ -42,20 +42,23 @@ class ServiceSettings:
     clip_pretrained: str = SETTING["clip_pretrained"].default
     clip_device: str = SETTING["clip_device"].default
     internal_token: str | None = field(default=None, repr=False)  # a secret: never logged or shown
+    min_references: int = SETTING["min_references"].default  # fewer: a percentile is flagged not confident
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     supabase: SupabaseSettings = field(default_factory=SupabaseSettings)  # the fallback, when configured
 
     @classmethod
     def from_env(cls, environ=None, publish_dir: str | None = None) -> ServiceSettings:
-        """Every value through ``lib/settings.py``; a bad one raises a one-line ``SettingsError``."""
+        """Every value through ``lib/settings.py`` (the environment parsed once); a bad one raises a
+        one-line ``SettingsError``."""
         settings = load_settings(environ)
-        supabase = SupabaseSettings.from_env(environ)
+        supabase = SupabaseSettings.from_env(settings=settings)
         if supabase.problems():
             raise SettingsError(supabase.problems()[0])
-        return cls(publish_dir=publish_dir or str(DataLayout.from_env(environ).published),
+        return cls(publish_dir=publish_dir or str(DataLayout.from_env(settings=settings).published),
                    clip_model=settings.clip_model, clip_pretrained=settings.clip_pretrained,
                    clip_device=settings.clip_device, internal_token=settings.internal_token,
-                   fetch=FetchPolicy.from_env(environ), supabase=supabase)
+                   fetch=FetchPolicy.from_env(settings=settings), supabase=supabase,
+                   min_references=settings.min_references)
 
 
 # --- the wire format (this is also the OpenAPI schema) -------------------------------------
@@ -82,6 +85,10 @@ class Percentile(BaseModel):
     score: float | None = Field(default=None, description="Mean cosine similarity of the top-k neighbours.")
     version: str | None = None
     k: int
+    reference_count: int | None = Field(default=None, description="How many references the percentile was ranked "
+                                        "against (null when unknown, e.g. the default).")
+    confident: bool = Field(description="False when the percentile comes from fewer references than "
+                            "THUMBLAB_MIN_REFERENCES (the reason says how many) or is the default.")
 
 
 class SimilarReference(BaseModel):
@@ -119,7 +126,8 @@ class IndexStats(BaseModel):
 
 def _percentile(result: ScoreResult) -> Percentile:
     return Percentile(percentile=result.percentile, source=result.source, reason=result.reason,
-                      is_default=result.is_default, score=result.score, version=result.version, k=result.k)
+                      is_default=result.is_default, score=result.score, version=result.version, k=result.k,
+                      reference_count=result.reference_count, confident=result.confident)
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -127,7 +135,7 @@ def _percentile(result: ScoreResult) -> Percentile:
 def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None = None) -> FastAPI:
     """The service over ``settings.publish_dir``; ``clip`` skips loading the model (tests)."""
     remote = SupabaseRemote(settings.supabase.store()) if settings.supabase.configured else None
-    library = thumbnail_library(settings.publish_dir, remote=remote)
+    library = thumbnail_library(settings.publish_dir, remote=remote, min_references=settings.min_references)
     state: dict = {}
 
     @asynccontextmanager

@@ -14,7 +14,7 @@ from thumblab_dagster.defs.resources import IndexUploadResource, resources_from_
 ROOT = Path(__file__).resolve().parents[2]
 THUMBNAIL_ASSETS = {"trending_videos", "thumbnail_embeddings", "niche_index", "published_index", "index_stats"}
 THUMBNAIL_CHECKS = {"id_map_alignment", "index_recall", "embeddings_valid", "embedding_weights_pretrained",
-                    "trending_not_empty"}
+                    "trending_not_empty", "enough_references"}
 
 
 def test_every_asset_check_job_and_schedule_loads_in_its_group():

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thumblab_dagster.defs.index_tail import ID_MAP_ALIGNMENT, INDEX_RECALL
+from thumblab_dagster.defs.index_tail import ENOUGH_REFERENCES, ID_MAP_ALIGNMENT, INDEX_RECALL
 from thumblab_dagster.defs.resources import TrendingSourceResource
 from thumblab_dagster.defs.thumbnails.checks import EMBEDDING_WEIGHTS_PRETRAINED, EMBEDDINGS_VALID, TRENDING_NOT_EMPTY
 from thumblab_dagster.defs.thumbnails.definitions import thumbnail_definitions
@@ -21,8 +21,15 @@ D1, D2, D3 = "2026-11-18", "2026-11-19", "2026-11-20"
 
 
 def run(resources, key, instance, selection=None):
-    return dg.materialize(EVERYTHING, partition_key=key, resources=resources, instance=instance,
+    return dg.materialize(EVERYTHING, partition_key=key, resources=on_the_day(resources, key), instance=instance,
                           selection=selection, raise_on_error=False)
+
+
+def on_the_day(resources, key):
+    """Each run happens on its partition's day: the live chart only ever fills today's date."""
+    source = resources["trending_source"]
+    pinned = type(source)(**{**source.model_dump(), "today": key.split("|")[0]})
+    return {**resources, "trending_source": pinned}
 
 
 def checks_of(result) -> dict:
@@ -91,7 +98,8 @@ def test_two_dates_two_niches_then_index_covers_both_dates(resources, youtube, i
     assert np.load(layout.published / "tech_ids.npy", allow_pickle=False).shape == (13,)
 
     assert checks_of(tech_d2) == {ID_MAP_ALIGNMENT: True, INDEX_RECALL: True, EMBEDDINGS_VALID: True,
-                                  EMBEDDING_WEIGHTS_PRETRAINED: False, TRENDING_NOT_EMPTY: True}
+                                  EMBEDDING_WEIGHTS_PRETRAINED: False, TRENDING_NOT_EMPTY: True,
+                                  ENOUGH_REFERENCES: False}  # 13 references, fewer than 30
     [weights] = [e for e in tech_d2.get_asset_check_evaluations() if e.check_name == EMBEDDING_WEIGHTS_PRETRAINED]
     assert weights.severity == dg.AssetCheckSeverity.WARN
 

@@ -10,7 +10,7 @@ import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine import publish as publishing
-from thumblab_dagster.lib.engine.build import IndexSpec, build_index_dir, train_points
+from thumblab_dagster.lib.engine.build import IndexSpec, ReferenceSpec, build_index_dir, train_points
 from thumblab_dagster.lib.engine.sources import NpyFileSource, ParquetSource, open_source
 from thumblab_dagster.lib.engine.tune import verify_recall
 from thumblab_dagster.lib.engine.validate import validate_index_dir
@@ -249,7 +249,7 @@ def test_validator_catches_stored_vectors_out_of_step_with_codes(tmp_path, colle
 def test_reference_scores_are_leave_one_out_topk_means_and_get_published(tmp_path, collection):
     vectors, ids, _ = collection
     x = vectors[:2000]
-    manifest = build_index_dir(tmp_path / "f", x, ids[:2000], reference_k=10)
+    manifest = build_index_dir(tmp_path / "f", x, ids[:2000], reference=ReferenceSpec(k=10))
     assert manifest["reference_scores"].model_dump(mode="json") == {"file": "reference_scores.npy", "k": 10,
                                                                     "sampled_rows": 2000}
     stored = np.load(tmp_path / "f" / "reference_scores.npy", allow_pickle=False)

@@ -1,3 +1,4 @@
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +12,17 @@ def unit(n, d=16, seed=0):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def flat(vectors):
+    """An exact inner-product index over ``vectors``, row order kept."""
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
 def build(tmp_path, n=50, name="idx", snapshot="2026-11-01"):
     vectors = unit(n)
     ids = [f"v{i}" for i in range(n)]
-    index = vi.build_index(vectors)
+    index = flat(vectors)
     vi.write_index_dir(tmp_path / name, index, ids, factory="Flat", metric="inner_product",
                        metadata=pd.DataFrame({"item_id": ids}), id_column="item_id", extra={"snapshot": snapshot})
     return tmp_path / name, ids, vectors
@@ -43,7 +51,7 @@ def test_tampered_file_is_refused_before_faiss_reads_it(tmp_path):
 
 
 def test_refuses_to_write_misaligned_index(tmp_path):
-    index = vi.build_index(unit(5))
+    index = flat(unit(5))
     with pytest.raises(vi.IndexIntegrityError, match="5 vectors but 4 ids"):
         vi.write_index_dir(tmp_path / "bad", index, ["a", "b", "c", "d"], factory="Flat", metric="inner_product")
     assert not (tmp_path / "bad").exists()

@@ -2,6 +2,7 @@
 
 import json
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,10 +18,17 @@ def unit(n, d=16, seed=0):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def flat(vectors):
+    """An exact inner-product index over ``vectors``, row order kept."""
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
 @pytest.fixture
 def index_dir(tmp_path):
     ids = [f"v{i}" for i in range(30)]
-    vi.write_index_dir(tmp_path / "i", vi.build_index(unit(30)), ids, factory="Flat", metric="inner_product",
+    vi.write_index_dir(tmp_path / "i", flat(unit(30)), ids, factory="Flat", metric="inner_product",
                        metadata=pd.DataFrame({"item_id": ids}), id_column="item_id",
                        extra={"snapshot": "2026-11-01", "shelf": {"colour": "blue"}})
     return tmp_path / "i"
@@ -98,7 +106,11 @@ def test_manifests_written_before_the_model_still_load(index_dir):
     manifest = read_manifest(index_dir)
     assert manifest.ids.kind == "strings" and manifest.ids.file == "ids.npy"
     assert vi.load_index_dir(index_dir).ids.tolist() == [f"v{i}" for i in range(30)]
-    assert validate_index_dir(index_dir).passed  # without an id column the metadata is not compared
+    unchecked = validate_index_dir(index_dir)  # no id column known: says so rather than passing in silence
+    assert unchecked.passed and unchecked.metrics["id_column"] == "unknown (positions not compared with metadata)"
+    assert "positions_checked" not in unchecked.metrics
+    checked = validate_index_dir(index_dir, id_column="item_id")  # the caller knows the collection's column
+    assert checked.passed and checked.metrics["positions_checked"] == 30
 
 
 def test_updated_copies_are_validated_too(index_dir):
@@ -114,7 +126,7 @@ def test_a_library_keeps_serving_when_a_new_published_manifest_is_malformed(tmp_
 
     vectors, ids = unit(60, d=16, seed=4), [f"t{i}" for i in range(60)]
     build = tmp_path / "build"
-    vi.write_index_dir(build, vi.build_index(vectors), ids, factory="Flat", metric="inner_product")
+    vi.write_index_dir(build, flat(vectors), ids, factory="Flat", metric="inner_product")
     assert publishing.publish(build, tmp_path / "pub", "main", "2026-11-01").published
     library = ReferenceLibrary(tmp_path / "pub", LibrarySpec(names=("main",), id_key="item_id"))
     before = library.similar(vectors[3], "main", k=1)

@@ -28,13 +28,15 @@ def leave_one_out(vectors, k):
 
 def test_keywords_and_the_spec_say_the_same_thing():
     weights = np.ones(3)
-    spec = resolve_spec(None, factory="Flat", reference_k=5, reference_weights=weights, reference_weighting="plays",
+    spec = resolve_spec(None, factory="Flat", reference=ReferenceSpec(k=5, weights=weights, weighting="plays"),
                         extra=None)
     assert spec.factory == "Flat" and spec.extra == {}
     assert (spec.reference.k, spec.reference.weights is weights, spec.reference.weighting) == (5, True, "plays")
-    assert resolve_spec(IndexSpec(reference=ReferenceSpec(k=7)), reference_k=None).reference is None
+    assert resolve_spec(IndexSpec(reference=ReferenceSpec(k=7)), reference=None).reference is None
     with pytest.raises(TypeError, match="unknown build setting.*memory_budget"):
         resolve_spec(None, memory_budget=10)
+    with pytest.raises(TypeError, match="unknown build setting.*reference_k"):
+        resolve_spec(None, reference_k=10)  # one way to say it: ReferenceSpec
 
 
 def test_weights_come_from_whatever_column_the_collection_names():

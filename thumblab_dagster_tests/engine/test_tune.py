@@ -1,12 +1,13 @@
-"""Tuned recall is a promise: the lower 95% bound on held-out queries reaches the target, and
-fresh queries the tuning never saw get at least that (within sampling noise)."""
+"""Tuned recall is a promise: the lower 95% bound on held-out queries (95% over every look at
+them) reaches the target, and fresh queries the tuning never saw get at least that (within
+sampling noise)."""
 
 import numpy as np
 import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine.build import IndexSpec, build_index_dir
-from thumblab_dagster.lib.engine.tune import recall_lower_bound, wilson_lower
+from thumblab_dagster.lib.engine.tune import LOOK_LEVEL, recall_lower_bound, wilson_lower, z_one_sided
 
 TARGET = 0.95
 FRESH_TOLERANCE = 0.01  # 2,000 fresh queries x 10 neighbours: the measured recall's own noise
@@ -39,6 +40,9 @@ def test_the_lower_bound_reaches_the_target_and_fresh_queries_get_it(compressed)
     assert tuning.target_met and tuning.recall_lower_bound_95 >= TARGET
     assert tuning.recall_at_k_held_out >= tuning.recall_lower_bound_95  # the bound sits below the estimate
     assert tuning.queries_from == "collection rows, own row excluded" and tuning.held_out_queries >= 400
+    # up to 8 settings are checked on one held-out half: each look spends 0.05 / 8 (Bonferroni)
+    assert (tuning.correction, tuning.looks_allowed, tuning.look_level) == ("bonferroni", 8, pytest.approx(0.05 / 8))
+    assert 1 <= tuning.held_out_checks <= tuning.looks_allowed
     fresh = clustered(2000, seed=4242)  # never in the collection, never used for tuning
     truth = np.argsort(-(fresh @ vectors.T), axis=1, kind="stable")[:, :10]
     _, found = vi.load_index_dir(target).search(fresh, 10)
@@ -76,3 +80,7 @@ def test_the_bound_never_promises_more_than_the_queries_show():
     bound = recall_lower_bound(hits, possible)
     assert bound < hits.sum() / possible.sum()
     assert bound < wilson_lower(int(hits.sum()), int(possible.sum()))  # the bootstrap sees the correlation
+    # a bound that must hold over 8 looks at once sits lower than one look's, in both of its parts
+    assert recall_lower_bound(hits, possible, level=LOOK_LEVEL) < bound
+    assert recall_lower_bound(*perfect, level=LOOK_LEVEL) == pytest.approx(wilson_lower(200, 200, z_one_sided(LOOK_LEVEL)))
+    assert z_one_sided(0.05) == pytest.approx(1.6449, abs=1e-4) and z_one_sided(LOOK_LEVEL) == pytest.approx(2.4977, abs=1e-3)

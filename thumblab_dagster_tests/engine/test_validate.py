@@ -1,5 +1,6 @@
 import json
 
+import faiss
 import numpy as np
 import pandas as pd
 from click.testing import CliRunner
@@ -14,9 +15,16 @@ def unit(n, d=16, seed=0):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def flat(vectors):
+    """An exact inner-product index over ``vectors``, row order kept."""
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
 def build(directory, n=50):
     vectors, ids = unit(n), [f"v{i}" for i in range(n)]
-    vi.write_index_dir(directory, vi.build_index(vectors), ids, factory="Flat", metric="inner_product",
+    vi.write_index_dir(directory, flat(vectors), ids, factory="Flat", metric="inner_product",
                        metadata=pd.DataFrame({"item_id": ids}), id_column="item_id")
     return ids, vectors
 
@@ -50,6 +58,39 @@ def test_swapped_ids_are_caught_and_named_even_with_a_fixed_manifest(tmp_path):
     assert any("do not find their own id" in p and "v3" in p for p in window.problems)
 
 
+def without_id_column(directory, swap=None):
+    """What writers before ``id_column`` wrote; ``swap`` two metadata rows (checksums to match)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest.pop("id_column")
+    if swap is not None:
+        ids = [f"v{i}" for i in range(manifest["ntotal"])]
+        ids[swap[0]], ids[swap[1]] = ids[swap[1]], ids[swap[0]]
+        pd.DataFrame({"item_id": ids}).to_parquet(directory / "metadata.parquet", index=False)
+        manifest["files"]["metadata.parquet"] = {"sha256": vi.sha256_file(directory / "metadata.parquet"),
+                                                 "bytes": (directory / "metadata.parquet").stat().st_size}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_older_manifests_are_compared_with_the_id_column_the_caller_knows(tmp_path):
+    ids, vectors = build(tmp_path / "i")
+    without_id_column(tmp_path / "i", swap=(4, 9))
+    silent = validate_index_dir(tmp_path / "i")
+    assert silent.passed and silent.metrics["id_column"] == "unknown (positions not compared with metadata)"
+    report = validate_index_dir(tmp_path / "i", id_column="item_id")
+    assert not report.passed and report.metrics["id_column"] == "item_id (given; the manifest names none)"
+    assert any("position 4: id map 'v4', metadata 'v9'" in p for p in report.problems)
+    assert not check_alignment(tmp_path / "i", ids, vectors, id_column="item_id").passed
+    other = validate_index_dir(tmp_path / "i", id_column="sku")  # another collection's column: not a failure
+    assert other.passed and other.metrics["id_column"].startswith("unknown (positions not compared")
+    assert "'sku'" in other.metrics["id_column"]
+
+
+def test_the_manifests_id_column_wins_over_the_callers(tmp_path):
+    build(tmp_path / "i")
+    report = validate_index_dir(tmp_path / "i", id_column="sku")
+    assert report.passed and report.metrics["positions_checked"] == 50 and "id_column" not in report.metrics
+
+
 def test_window_mismatch_and_duplicates(tmp_path):
     ids, vectors = build(tmp_path / "i")
     report = check_alignment(tmp_path / "i", ids + ["v999"], np.vstack([vectors, unit(1, seed=9)]))
@@ -59,7 +100,7 @@ def test_window_mismatch_and_duplicates(tmp_path):
 def test_identical_vectors_tie_counts_as_self_match(tmp_path):
     vectors = unit(4)
     vectors[2] = vectors[1]
-    vi.write_index_dir(tmp_path / "t", vi.build_index(vectors), list("abcd"), factory="Flat", metric="inner_product")
+    vi.write_index_dir(tmp_path / "t", flat(vectors), list("abcd"), factory="Flat", metric="inner_product")
     assert validate_index_dir(tmp_path / "t").passed
     assert check_alignment(tmp_path / "t", list("abcd"), vectors).passed
 

@@ -4,12 +4,18 @@ It answers ``GET /youtube/v3/videos`` in the documented JSON shape (``items`` of
 resources with ``snippet`` and ``statistics``, ``nextPageToken`` paging, and Google's error body
 ``{"error": {"code", "message", "errors": [{"reason", ...}]}}``), serves thumbnails under
 ``/thumbs/``, and records every request so tests can assert what was sent.
+
+Faults: ``drop_thumbs_after = N`` closes the connection without a response for every thumbnail
+request after N were served (set it back to None to recover); ``thumb_faults[name]`` is a queue
+of faults for the next requests of one thumbnail (``DROP`` or an HTTP status), served normally
+once empty; a thumbnail whose body is ``CUT`` sends its headers and half a body, then closes.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -37,6 +43,25 @@ class FakeYouTube:
     requests: list[dict] = field(default_factory=list)
     base_url: str = ""
     thumb_base: str = ""
+    drop_thumbs_after: int | None = None  # thumbnails served before every later one is dropped; None: never
+    thumb_faults: dict[str, list] = field(default_factory=dict)  # name -> queued DROP or status, one per request
+    thumbs_served: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def thumb_requests(self, name: str) -> int:
+        """How many requests asked for thumbnail ``name`` (retries included)."""
+        return sum(1 for r in self.requests if r["path"] == f"/thumbs/{name}")
+
+    def thumb_fault(self, name: str) -> str | int | None:
+        """The fault for this request of thumbnail ``name`` (DROP, a status, None: serve it), counting served ones."""
+        with self._lock:
+            queued = self.thumb_faults.get(name)
+            if queued:
+                return queued.pop(0)
+            if self.drop_thumbs_after is not None and self.thumbs_served >= self.drop_thumbs_after:
+                return DROP
+            self.thumbs_served += 1
+            return None
 
     def add_videos(self, category: str, prefix: str, count: int, now: datetime | None = None) -> list[str]:
         """Append ``count`` videos (with good JPEG thumbnails) to a category's chart."""
@@ -68,6 +93,10 @@ def video_item(vid: str, category: str, thumb_url: str, published: datetime, vie
     }
 
 
+CUT = b"cut"  # a thumbnail body meaning: send headers and half a JPEG, then close the connection
+DROP = "drop"  # a thumbnail fault: close the connection without a response
+
+
 def _error_body(status: int, reason: str) -> bytes:
     return json.dumps({"error": {"code": status, "message": f"fake {reason}",
                                  "errors": [{"message": f"fake {reason}", "domain": "youtube", "reason": reason}]}}).encode()
@@ -95,6 +124,11 @@ def _handler(state: FakeYouTube):
                 return self._videos(query)
             if url.path.startswith("/thumbs/"):
                 name = url.path[len("/thumbs/"):]
+                fault = state.thumb_fault(name)
+                if fault == DROP:
+                    return self._drop()
+                if fault is not None:
+                    return self._send(fault, "text/plain", b"fault")
                 if name == "oversized.jpg":  # streamed without Content-Length, bigger than any cap
                     self.send_response(200)
                     self.send_header("Content-Type", "image/jpeg")
@@ -103,8 +137,25 @@ def _handler(state: FakeYouTube):
                         self.wfile.write(b"\xff" * 65536)
                     return
                 status, ctype, body = state.thumbs.get(name, (404, "text/plain", b"not found"))
+                if body == CUT:
+                    return self._cut(jpeg(7))
                 return self._send(status, ctype, body)
             self._send(404, "text/plain", b"no such path")
+
+        def _drop(self):
+            """Close the connection without a response, as a server that went away does."""
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        def _cut(self, body: bytes):
+            """Promise the whole body, send half, close: the client sees the connection break mid-response."""
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self._drop()
 
         def _videos(self, q):
             category = q.get("videoCategoryId", "")

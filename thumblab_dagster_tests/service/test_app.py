@@ -15,7 +15,7 @@ from thumblab_dagster.lib.collections.thumbnails.sample_source import render_thu
 from thumblab_dagster.lib.embed.clip import embed_images, embed_texts, load_clip
 from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
 from thumblab_dagster.service.app import ServiceSettings, create_app
-from thumblab_dagster_tests.fakes.libraries import publish_niche
+from thumblab_dagster_tests.fakes.libraries import clustered, publish_niche
 
 TOKEN = "internal-test-token-123"
 N = 30
@@ -109,6 +109,36 @@ def test_a_good_request_scores_each_thumbnail_and_the_title(service):
         assert thumb["similar"][0]["title"] == "title of vid003" and len(thumb["similar"]) == 5
     assert body["title"]["source"] == "local" and 0 <= body["title"]["percentile"] <= 100
     assert "title vectors" in body["title"]["reason"]
+    # N references is the minimum (30): confident, and the reason adds nothing
+    for answer in [body["title"], *(t["similarity"] for t in body["thumbnails"])]:
+        assert (answer["reference_count"], answer["confident"]) == (N, True) and "only" not in answer["reason"]
+
+
+def test_a_thin_niche_is_flagged_not_confident(service, clip, tmp_path):
+    _, images, _ = service
+    # a niche with 3 videos over the window: its index holds 3 references (and 3 titles)
+    publish_niche(tmp_path / "pub", "gaming", clustered(3, d=clip.dim, centres=3, seed=4), ["g0", "g1", "g2"],
+                  snapshot="2026-11-21", titles=clustered(3, d=clip.dim, centres=3, seed=5),
+                  embedding=clip.weights.as_dict())
+    settings = ServiceSettings(publish_dir=str(tmp_path / "pub"), fetch=FetchPolicy(allowed_private=("127.0.0.1",)))
+    with serving(create_app(settings, clip=clip)) as base:
+        body = score(base, {"title": "a new game", "category": "gaming",
+                            "thumbnails": [{"id": "a", "url": f"{images}/thumb.png"}]}).json()
+        unknown = score(base, {"category": "cooking", "thumbnails": [{"id": "a", "url": f"{images}/thumb.png"}]})
+    sim, title = body["thumbnails"][0]["similarity"], body["title"]
+    for answer in (sim, title):
+        assert (answer["source"], answer["reference_count"], answer["confident"]) == ("local", 3, False)
+        assert answer["reason"].endswith("only 3 references (fewer than 30): the percentile is not confident")
+    assert sim["is_default"] is False and body["thumbnails"][0]["similar"][0]["video_id"] in {"g0", "g1", "g2"}
+    default = unknown.json()["thumbnails"][0]["similarity"]
+    assert default["is_default"] and (default["reference_count"], default["confident"]) == (None, False)
+
+
+def test_the_minimum_comes_from_the_setting(tmp_path):
+    assert ServiceSettings.from_env({}, publish_dir=str(tmp_path)).min_references == 30
+    lenient = ServiceSettings.from_env({"THUMBLAB_MIN_REFERENCES": "3"}, publish_dir=str(tmp_path))
+    assert lenient.min_references == 3
+    assert create_app(lenient, clip=object()).state.library.spec.min_references == 3  # the library ranks with it
 
 
 def test_category_defaults_to_tech_and_an_unknown_niche_falls_back_with_a_reason(service):

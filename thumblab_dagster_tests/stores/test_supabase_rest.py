@@ -269,12 +269,11 @@ def test_key_never_reaches_logs_or_urls(fake, store, caplog, tmp_path):
 
 def test_an_index_directory_goes_to_supabase_storage_dated_then_latest(fake, tmp_path):
     from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseSettings
-    from thumblab_dagster.lib.engine.index_dir import build_index, write_index_dir
+    from thumblab_dagster.lib.engine.build import build_index_dir
     from thumblab_dagster.lib.stores.upload import destination_for, upload_index_dir
 
     vectors = np.random.default_rng(1).normal(size=(20, 4)).astype(np.float32)
-    write_index_dir(tmp_path / "idx", build_index(vectors), [f"v{i}" for i in range(20)], factory="Flat",
-                    metric="inner_product")
+    build_index_dir(tmp_path / "idx", vectors, [f"v{i}" for i in range(20)], factory="Flat")
     destination = destination_for("supabase://indexes/thumblab", SupabaseSettings(fake.base_url, KEY))
     result = upload_index_dir(tmp_path / "idx", destination, "gaming", "2024-05-01")
     assert result.latest == "supabase://indexes/thumblab/gaming/latest/"

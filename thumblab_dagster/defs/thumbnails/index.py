@@ -19,6 +19,8 @@ from thumblab_dagster.defs.thumbnails.partitions import (
 )
 from thumblab_dagster.lib.collections.thumbnails import pipeline
 from thumblab_dagster.lib.collections.thumbnails.pictures import niche_neighbour_sheet
+from thumblab_dagster.lib.engine.index_dir import read_manifest
+from thumblab_dagster.lib.query.snapshot import reference_count as references_of
 from thumblab_dagster.lib.stores.upload import upload_index_dir
 
 
@@ -80,6 +82,7 @@ def measure(context) -> Measured:
     return Measured({
         ROW_COUNT: dg.MetadataValue.int(stats["ntotal"]),
         "ntotal": stats["ntotal"],
+        "reference_count": stats["reference_count"],
         "dim": stats["dim"],
         "index_type": stats["index_type"],
         "file_size_bytes": stats["file_size_bytes"],
@@ -92,6 +95,16 @@ def measure(context) -> Measured:
                                                           stats["nn_similarity_quantiles"].items()}),
         "path": dg.MetadataValue.path(str(layout.stats(niche, date))),
     }, pictures)
+
+
+def reference_count(context) -> int:
+    """How many references the built index's percentiles rank against (from its manifest)."""
+    layout, niche, date = _where(context)
+    return references_of(read_manifest(layout.index_dir(niche, date)))
+
+
+def min_references(context) -> int:
+    return context.resources.index_engine.min_references
 
 
 def upload(context) -> dict:
@@ -109,7 +122,7 @@ def thumbnail_index_tail(extra_deps=()) -> IndexTail:
         group=GROUP, partitions_def=thumbnail_partitions,
         index_deps=[dg.AssetDep(thumbnail_embeddings, partition_mapping=reference_window_mapping), *extra_deps],
         build=build, check_alignment=check_alignment, check_recall=check_recall, publish=publish, measure=measure,
-        upload=upload, owners=OWNERS, tags=TAGS,
+        upload=upload, reference_count=reference_count, min_references=min_references, owners=OWNERS, tags=TAGS,
         index_name="niche_index", published_name="published_index", stats_name="index_stats",
         upload_name="uploaded_index",
         descriptions={"index": "FAISS index over the niche's de-duplicated embeddings of the last 90 dates.",

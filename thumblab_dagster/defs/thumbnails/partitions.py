@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import dagster as dg
 
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES, TIMEZONE, WINDOW_DAYS
+from thumblab_dagster.lib.settings import SETTING, load_settings
 
-START_DATE = "2026-01-01"
+
+def partitions_start(environ=None) -> str:
+    """THUMBLAB_PARTITIONS_START (a recent date by default: with the live API only today can be
+    filled, so the UI should not offer a year of empty partitions). A bad value: one SettingsError line."""
+    start = load_settings(environ).partitions_start
+    try:
+        date.fromisoformat(start)
+    except ValueError:
+        raise SETTING["partitions_start"].error(start, "not a calendar date") from None
+    return start
+
+
+START_DATE = partitions_start()  # read once, when the code location loads
 GROUP = "thumbnails"
 OWNERS = ["team:thumblab"]
 TAGS = {"collection": "thumbnails"}

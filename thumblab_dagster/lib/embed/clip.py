@@ -26,11 +26,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from thumblab_dagster.lib.engine.files import atomic_path
+from thumblab_dagster.lib.settings import SETTING
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+# Declared in lib/settings.py (THUMBLAB_CLIP_*); these are the defaults for direct callers.
+DEFAULT_MODEL = SETTING["clip_model"].default
+DEFAULT_PRETRAINED = SETTING["clip_pretrained"].default
+DEFAULT_DEVICE = SETTING["clip_device"].default
+DEFAULT_BATCH_SIZE = SETTING["clip_batch_size"].default
 RANDOM_WEIGHTS = "none"
 SCHEMA_KEY = b"thumblab"
 EMBEDDING_COLUMN = "embedding"
@@ -141,7 +145,7 @@ def resolve_device(device: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-              device: str = "auto", cache_dir: str | None = None) -> LoadedClip:
+              device: str = DEFAULT_DEVICE, cache_dir: str | None = None) -> LoadedClip:
     """Load (once per process) an open_clip model, its preprocessing and tokenizer."""
     import open_clip
 
@@ -210,7 +214,7 @@ def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_
                       device=device, dim=dim, weights=weights, lock=threading.Lock())
 
 
-def embed_images(clip: LoadedClip, images: Sequence[Image.Image], batch_size: int = 32,
+def embed_images(clip: LoadedClip, images: Sequence[Image.Image], batch_size: int = DEFAULT_BATCH_SIZE,
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """L2-normalised float32 image embeddings, one row per image, in input order."""
     import torch

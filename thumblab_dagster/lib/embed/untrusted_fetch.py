@@ -69,9 +69,9 @@ class FetchPolicy:
         return any(host == e if isinstance(e, str) else ip in e for e in self._allowed)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> FetchPolicy:
-        """THUMBLAB_FETCH_ALLOW_PRIVATE, _TIMEOUT_S and _MAX_BYTES, read through ``lib/settings.py``."""
-        settings = load_settings(environ)
+    def from_env(cls, environ: Mapping[str, str] | None = None, settings=None) -> FetchPolicy:
+        """THUMBLAB_FETCH_ALLOW_PRIVATE, _TIMEOUT_S and _MAX_BYTES, read through ``lib/settings.py`` (or given loaded)."""
+        settings = load_settings(environ) if settings is None else settings
         entries = settings.fetch_allow_private
         for entry in entries:  # each must be a host name, an IP or a CIDR
             try:

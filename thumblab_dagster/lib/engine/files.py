@@ -54,12 +54,6 @@ def write_json_atomic(target: str | os.PathLike, obj) -> Path:
     return write_bytes_atomic(target, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def copy_atomic(source: str | os.PathLike, target: str | os.PathLike) -> Path:
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-    return Path(target)
-
-
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp directory; on success it takes ``target``'s place.

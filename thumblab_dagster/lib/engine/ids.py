@@ -2,8 +2,8 @@
 
 String ids are stored as a fixed-width unicode array (``np.load(allow_pickle=False)`` reads
 it back) and converted by numpy in one vector operation, never id by id in Python. Position
-ids (row i is id i) have no file at all: a 19-million-pixel mosaic would otherwise carry a
-gigabyte of ``"0"``, ``"1"``, ... strings. ``PositionIds`` answers like the array it stands
+ids (row i is id i) have no file at all: a collection of 19 million rows would otherwise carry
+a gigabyte of ``"0"``, ``"1"``, ... strings. ``PositionIds`` answers like the array it stands
 for (``len``, ``ids[pos]``, ``ids[array]``, ``tolist()``) without materialising it.
 """
 

@@ -1,10 +1,13 @@
-"""The one index writer and reader: build, save with a manifest, verify, load, publish.
+"""Index directories on disk: the one writer of their files and the one reader.
 
 An index directory holds ``index.faiss``, ``ids.npy`` (row i of the index <-> ids[i]; absent
 when ids are implicit positions), ``metadata.parquet`` (the rows' metadata, same order) and
-``manifest.json`` (``manifest.Manifest``) with the sha256 of every other file. Readers validate
-the manifest and verify every checksum before ``faiss.read_index``, and load ids with
-``allow_pickle=False``.
+``manifest.json`` (``manifest.Manifest``) with the sha256 of every other file.
+``write_index_dir`` saves an index that ``build.build_index_dir`` built (``shards`` writes the
+sharded layout with the same sidecar and manifest helpers); ``load_index_dir`` validates the
+manifest and verifies every checksum before ``faiss.read_index``, and loads ids with
+``allow_pickle=False``. Published copies rename the files (``published_name``); ``publish``
+copies them.
 """
 
 from __future__ import annotations
@@ -52,16 +55,6 @@ def as_float32(vectors: np.ndarray) -> np.ndarray:
     if vectors.ndim != 2:
         raise ValueError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
     return vectors
-
-
-def build_index(vectors: np.ndarray, factory: str = "Flat", metric: str = "inner_product") -> faiss.Index:
-    """Build an index over ``vectors`` (already L2-normalised for cosine). Row order is kept."""
-    vectors = as_float32(vectors)
-    index = faiss.index_factory(vectors.shape[1], factory, METRICS[metric])
-    if not index.is_trained:
-        index.train(vectors)
-    index.add(vectors)
-    return index
 
 
 def describe_files(directory: Path, names: list[str]) -> dict:

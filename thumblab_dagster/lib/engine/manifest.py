@@ -141,7 +141,9 @@ class SideIndexEntry(Entry):
 
 
 class Tuning(Entry):
-    """What ``tune`` measured; ``recall_lower_bound_95`` is the promise (held-out queries)."""
+    """What ``tune`` measured; ``recall_lower_bound_95`` is the promise (held-out queries), 95%
+    over all ``held_out_checks`` looks together: each look's bound at ``look_level`` (the
+    ``correction``, e.g. Bonferroni: 0.05 / ``looks_allowed``)."""
 
     target_recall: float
     k: Annotated[int, Field(ge=1, strict=True)]
@@ -150,6 +152,10 @@ class Tuning(Entry):
     recall_at_k_tuning: float | None = None
     recall_lower_bound_95: float | None = None
     bound: str | None = None
+    correction: str | None = None
+    look_level: float | None = None
+    looks_allowed: Count | None = None
+    held_out_checks: Count | None = None
     ms_per_query: float | None = None
     tuning_queries: Count | None = None
     held_out_queries: Count | None = None

@@ -1,13 +1,11 @@
 """Progress of long engine work: an INFO line on the stage's module logger (all under
-``thumblab_dagster.lib.engine``, which the Dagster code location forwards to the run's event
-log) and, when the caller passed one, a ``progress(stage, message)`` callable (a CLI bar)."""
+``thumblab_dagster.lib``, which the Dagster code location forwards to the run's event log) and,
+when the caller passed one, a ``progress(stage, message)`` callable (a CLI bar)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-
-ENGINE_LOGGER = "thumblab_dagster.lib.engine"
 
 Progress = Callable[[str, str], None]
 

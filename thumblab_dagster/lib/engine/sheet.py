@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
 
-TILE = 112          # pixels per picture side
-CAPTION = 28        # pixels under each picture for two caption lines
+TILE = 112          # side of each picture's square tile, in image units
+CAPTION = 28        # room under each picture for two caption lines
 GAP = 6
 QUERY_FRAME = (79, 111, 216)
 

@@ -2,12 +2,11 @@
 
     spec = IndexSpec(memory_budget_bytes=2**30, target_recall=0.95,
                      reference=ReferenceSpec(k=10, weights=w, weighting="plays"),
-                     metadata=frame, id_column="track_id", embedding={"identity": "musicnn-v1"})
+                     metadata=frame, id_column="item_id", embedding={"identity": "encoder-v1"})
     build_index_dir(target, vectors, ids, spec)
 
-Callers that passed keywords keep a thin way to: ``build_index_dir(target, vectors, ids,
-factory="Flat", reference_k=10)`` goes through ``resolve_spec``, which takes any ``IndexSpec``
-field name plus the older ``reference_k`` / ``reference_weights`` / ``reference_weighting``.
+Keyword overrides name ``IndexSpec`` fields (``build_index_dir(target, vectors, ids,
+factory="Flat")``); ``resolve_spec`` applies them.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from thumblab_dagster.lib.engine.sources import DEFAULT_BATCH
 from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-LEGACY_REFERENCE_KEYWORDS = {"reference_k": "k", "reference_weights": "weights", "reference_weighting": "weighting"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,14 +81,8 @@ EMPTY_WHEN_NONE = {"embedding": {}, "extra": {}, "extra_files": {}, "source_part
 
 
 def resolve_spec(spec: IndexSpec | None = None, **overrides) -> IndexSpec:
-    """``spec`` (default ``IndexSpec()``) with keyword overrides: field names, or the older
-    ``reference_k``/``reference_weights``/``reference_weighting`` keywords."""
+    """``spec`` (default ``IndexSpec()``) with keyword overrides of its fields."""
     spec = spec if spec is not None else IndexSpec()
-    reference = {LEGACY_REFERENCE_KEYWORDS[key]: overrides.pop(key)
-                 for key in list(overrides) if key in LEGACY_REFERENCE_KEYWORDS}
-    if reference:
-        overrides["reference"] = (dataclasses.replace(spec.reference or ReferenceSpec(), **reference)
-                                  if reference.get("k", spec.reference.k if spec.reference else None) else None)
     unknown = sorted(set(overrides) - FIELDS)
     if unknown:
         raise TypeError(f"unknown build setting(s) {', '.join(unknown)}: IndexSpec takes {', '.join(sorted(FIELDS))}")

@@ -165,7 +165,7 @@ def _metadata_alignment(path: Path, named: str | None, fallback: str | None, ids
     A fallback the metadata lacks is reported as unknown, not as a problem: the caller's guess
     (e.g. a command-line default) may belong to another collection; a named column is a promise.
     """
-    if named is None and fallback is not None and fallback not in pq.read_schema(path).names:
+    if named is None and fallback is not None and not _has_column(path, fallback):
         return [], {"id_column": f"{ID_COLUMN_UNKNOWN}: no {fallback!r} column in {path.name}"}
     column = named or fallback
     if column is None:
@@ -177,12 +177,19 @@ def _metadata_alignment(path: Path, named: str | None, fallback: str | None, ids
     return problems, metrics
 
 
+def _has_column(path: Path, column: str) -> bool:
+    try:
+        return column in pq.read_schema(path).names
+    except (OSError, pa.ArrowException):
+        return True  # unreadable: the comparison reports it
+
+
 def _metadata_id_problems(path: Path, column: str, ids) -> tuple[list[str], int]:
     """(a): the metadata's id column equals the id map, position by position."""
     try:
         recorded = pd.read_parquet(path, columns=[column])[column]
     except (KeyError, ValueError, pa.ArrowException):
-        return [f"{path.name} has no {column!r} column, which the manifest names as the id column"], 0
+        return [f"{path.name} has no {column!r} column, named as the id column"], 0
     if isinstance(ids, PositionIds):
         recorded = np.asarray(pd.to_numeric(recorded, errors="coerce").fillna(-1), dtype=np.int64)
     else:

@@ -21,13 +21,30 @@ log = logging.getLogger(__name__)
 
 
 class RemoteSearch(Protocol):
-    """A search the library falls back to when the local index cannot answer (e.g. a shared table)."""
+    """A search the library falls back to when the local index cannot answer (e.g. a shared table).
+
+    It may also offer ``reference_count(name, k) -> int``: how many references its percentiles are
+    ranked against (its sample), so a remote answer is flagged when that is too few.
+    """
 
     name: str
 
     def similarity_percentile(self, vector: np.ndarray, name: str, k: int, weight: str | None) -> float: ...
 
     def similar(self, vector: np.ndarray, name: str, k: int) -> list[dict]: ...
+
+
+def remote_reference_count(remote: RemoteSearch, name: str, k: int) -> int | None:
+    """The remote's sample size for ``name``, or None when it does not say (or cannot now)."""
+    count = getattr(remote, "reference_count", None)
+    if count is None:
+        return None
+    try:
+        return int(count(name, k))
+    except Exception as exc:  # the percentile is already answered: an unknown count must not undo it
+        log.warning("%s: %s could not say how many references it holds: %s: %s", name, remote.name,
+                    type(exc).__name__, exc)
+        return None
 
 
 def remote_why(exc: Exception) -> str:

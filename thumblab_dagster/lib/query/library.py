@@ -30,7 +30,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     read_manifest,
 )
 from thumblab_dagster.lib.engine.versions import VersionedIndex
-from thumblab_dagster.lib.query.fallback import RemoteSearch, answer
+from thumblab_dagster.lib.query.fallback import RemoteSearch, answer, remote_reference_count
 from thumblab_dagster.lib.query.results import (
     IndexUnavailable,
     ScoreResult,
@@ -38,7 +38,14 @@ from thumblab_dagster.lib.query.results import (
     TransientLoadError,
     UnknownName,
 )
-from thumblab_dagster.lib.query.snapshot import Location, Snapshot, load_snapshot, stat_key, version_of
+from thumblab_dagster.lib.query.snapshot import (
+    Location,
+    Snapshot,
+    load_snapshot,
+    reference_count,
+    stat_key,
+    version_of,
+)
 from thumblab_dagster.lib.query.spec import NAME_PATTERN, LibrarySpec
 
 log = logging.getLogger(__name__)
@@ -228,6 +235,9 @@ class ReferenceLibrary:
     def similarity_percentile(self, vector, name: str, k: int = 10, weight: str | None = None) -> ScoreResult:
         """The query's percentile (0..100) among ``name``'s references; falls back to the remote, then to 50.0.
 
+        The answer says how many references ranked it and whether that is at least the spec's
+        ``min_references`` (``confident``); a default answer is never confident.
+
         Raises only for the caller's own mistakes: a vector of another dimension, a ``weight``
         the spec does not declare, or ``k`` the reference was not built with is a fallback reason.
         """
@@ -235,15 +245,16 @@ class ReferenceLibrary:
 
         def local() -> ScoreResult:
             entry = self._local(name)
-            value, pct = entry.score(entry.check_vector(vector), k, weight)
-            return ScoreResult(round(pct, 4), "local", f"local index {entry.version}", name, k, weight,
-                               round(value, 6), entry.version)
+            value, pct, references = entry.score(entry.check_vector(vector), k, weight)
+            return self._rated(ScoreResult(round(pct, 4), "local", f"local index {entry.version}", name, k, weight,
+                                           round(value, 6), entry.version), references)
 
         def ask(remote: RemoteSearch, reason: str) -> ScoreResult:
             pct = float(remote.similarity_percentile(np.asarray(vector, np.float32), name, k, weight))
             if not 0.0 <= pct <= 100.0:
                 raise ValueError(f"percentile {pct} outside 0..100")
-            return ScoreResult(round(pct, 4), "remote", reason, name, k, weight)
+            return self._rated(ScoreResult(round(pct, 4), "remote", reason, name, k, weight),
+                               remote_reference_count(remote, name, k))
 
         return answer(name, local, remote=self.remote, ask=ask, verb="scored",
                       default=lambda reason: ScoreResult(DEFAULT_PERCENTILE, "default", reason, name, k, weight),
@@ -272,24 +283,34 @@ class ReferenceLibrary:
 
         def local() -> ScoreResult:
             entry = self._local(name)
-            value, pct = entry.side_score(entry.check_vector(vector), k)
+            value, pct, references = entry.side_score(entry.check_vector(vector), k)
             label = self.spec.side.label if self.spec.side else "side-index"
-            return ScoreResult(round(pct, 4), "local", f"local {label} vectors {entry.version}", name, k, None,
-                               round(value, 6), entry.version)
+            return self._rated(ScoreResult(round(pct, 4), "local", f"local {label} vectors {entry.version}", name, k,
+                                           None, round(value, 6), entry.version), references)
 
         return answer(name, local, default=lambda reason: ScoreResult(DEFAULT_PERCENTILE, "default", reason, name, k),
                       note=f"default {DEFAULT_PERCENTILE} returned")
 
+    def _rated(self, result: ScoreResult, references: int | None) -> ScoreResult:
+        """``result`` with how many references ranked it; below the spec's minimum it is not confident and
+        its reason says so. (Defaults never come here: they stay ``confident=False``, no count.)"""
+        result.reference_count = references
+        thin = self.spec.not_confident(references)
+        result.confident = thin is None
+        if thin is not None:
+            result.reason = f"{result.reason}; {thin}"
+        return result
+
     # -- what a person asks of an index
 
     def index_info(self) -> dict[str, dict]:
-        """Per name, from its manifest (nothing is loaded): size, type, model, version."""
+        """Per name, from its manifest (nothing is loaded): size, references, type, model, version."""
         return {name: self._info(name) for name in self.names()}
 
     def _info(self, name: str) -> dict:
         location = self._location(name)
-        info = {"exists": False, "num_vectors": 0, "dimension": None, "file_size_mb": None, "last_modified": None,
-                "index_type": None, "embedding_model": None, "version": None, "snapshot": None}
+        info = {"exists": False, "num_vectors": 0, "reference_count": 0, "dimension": None, "file_size_mb": None,
+                "last_modified": None, "index_type": None, "embedding_model": None, "version": None, "snapshot": None}
         if location is None:
             return info
         try:
@@ -302,7 +323,8 @@ class ReferenceLibrary:
         stat = index_path.stat() if index_path.exists() else None
         embedding = manifest.get("embedding") or {}
         slot = self._slots.get(name)
-        return {**info, "exists": True, "num_vectors": int(manifest.get("ntotal", 0)), "dimension": manifest.get("dim"),
+        return {**info, "exists": True, "num_vectors": int(manifest.get("ntotal", 0)),
+                "reference_count": reference_count(manifest), "dimension": manifest.get("dim"),
                 "file_size_mb": round(sum(f["bytes"] for f in manifest.get("files", {}).values()) / 2**20, 3),
                 "last_modified": (datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds")
                                   if stat else None),

@@ -23,7 +23,11 @@ class TransientLoadError(IndexUnavailable):
 
 @dataclass
 class ScoreResult:
-    """A similarity percentile (0..100) and where it came from: ``local``, ``remote`` or ``default``."""
+    """A similarity percentile (0..100) and where it came from: ``local``, ``remote`` or ``default``.
+
+    A percentile among a handful of references says little (among 3, every query is 0, 33, 67 or
+    100): ``confident`` is False below the spec's ``min_references`` and ``reason`` says how many.
+    """
 
     percentile: float
     source: str
@@ -33,6 +37,8 @@ class ScoreResult:
     weight: str | None = None
     score: float | None = None       # the query's top-k mean similarity (local scores)
     version: str | None = None       # the index version that answered (local scores)
+    reference_count: int | None = None  # how many references the percentile was ranked against (None: unknown)
+    confident: bool = False          # ranked against at least the spec's minimum of references (never a default)
 
     @property
     def is_default(self) -> bool:

@@ -122,8 +122,8 @@ class Snapshot:
         keep = positions[0] >= 0
         return sims[0][keep], positions[0][keep]
 
-    def score(self, vector: np.ndarray, k: int, weight: str | None) -> tuple[float, float]:
-        """(top-k mean similarity, percentile): one search plus one binary search.
+    def score(self, vector: np.ndarray, k: int, weight: str | None) -> tuple[float, float, int]:
+        """(top-k mean similarity, percentile, references ranked against): one search plus one binary search.
 
         Top-k like the reference was built: leave-one-out, so a reference's own vector is not
         its own neighbour and scores exactly at its reference percentile.
@@ -144,7 +144,7 @@ class Snapshot:
             if self.weighted_reference is None or weight not in self.weights:
                 raise self._unavailable(f"has no {weight}-weighted reference")
             value, reference = weighted_mean(sims, self.weights[weight][positions]), self.weighted_reference
-        return value, percentile_of(value, reference)
+        return value, percentile_of(value, reference), len(reference)
 
     def similar(self, vector: np.ndarray, k: int) -> list[dict]:
         """The k nearest references: id (under the spec's key), similarity, the spec's columns."""
@@ -158,14 +158,23 @@ class Snapshot:
             out.append(row)
         return out
 
-    def side_score(self, vector: np.ndarray, k: int) -> tuple[float, float]:
-        """(top-k mean similarity, percentile) among the side index's vectors, leave-one-out."""
+    def side_score(self, vector: np.ndarray, k: int) -> tuple[float, float, int]:
+        """(top-k mean similarity, percentile, references) among the side index's vectors, leave-one-out."""
         if self.side is None or self.side_reference is None or not len(self.side_reference):
             label = self.spec.side.label if self.spec.side else "side-index"
             raise self._unavailable(f"was built without {label} vectors")
         sims, _ = self.side.search(vector, min(k + 1, self.side.ntotal))
         value = float(np.mean(sims[0][without_self(sims[0], k)]))
-        return value, percentile_of(value, self.side_reference)
+        return value, percentile_of(value, self.side_reference), len(self.side_reference)
+
+
+def reference_count(manifest: Manifest) -> int:
+    """How many references a percentile from this index is ranked against (its sorted reference's
+    rows, from the manifest alone); 0 when it was built without a reference."""
+    entry = manifest.get("reference_scores")
+    if not entry:
+        return 0
+    return int(entry.get("sampled_rows", manifest.get("ntotal", 0)))
 
 
 def _file_stats(directory: Path, manifest: Manifest) -> dict:

@@ -4,15 +4,19 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date, timedelta
 
 import dagster as dg
 import pytest
 from click.testing import CliRunner
 
 from thumblab_dagster.cli import main
+from thumblab_dagster.demo import summarise, today_in_hobart
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
+from thumblab_dagster.lib.collections.thumbnails.pipeline import NothingToEmbedError
 from thumblab_dagster.lib.collections.thumbnails.sample_source import render_thumbnail, trending_items
 from thumblab_dagster.lib.engine import publish as publishing
+from thumblab_dagster_tests.conftest import TEST_KEY
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +98,64 @@ def test_query_cli_exit_codes(demo, tmp_path):
     assert unreadable.exit_code == 1 and unreadable.stderr.strip().count("\n") == 0
     assert "cannot read" in unreadable.stderr and "file not found" in unreadable.stderr
     assert query(data, "similar", str(image), "--niche", "tech", "-k", "0").exit_code == 2  # usage error
+
+
+# --- failures: the root cause, not Dagster's wrapper ---------------------------------------------
+
+def live_demo(tmp_path, youtube, *args):
+    """``thumblab demo`` in-process against the loopback YouTube (a real key's code path)."""
+    env = {"DAGSTER_HOME": str(tmp_path / "home"), "THUMBLAB_DATA_ROOT": str(tmp_path / "data"),
+           "YOUTUBE_API_KEY": TEST_KEY, "YOUTUBE_API_BASE_URL": youtube.base_url,
+           "THUMBLAB_CLIP_PRETRAINED": "none", "THUMBLAB_CLIP_DEVICE": "cpu"}
+    return CliRunner().invoke(main, ["demo", *args], env=env)
+
+
+def failures_of(output: str) -> dict:
+    listed = output.split("\nfailures:\n", 1)[1].splitlines()
+    return dict(line.strip().split(": ", 1) for line in listed if line.strip())
+
+
+def test_demo_summary_shows_each_failed_niches_step_and_root_cause(tmp_path, youtube):
+    youtube.errors["28"] = [(403, "quotaExceeded")] * 3
+    youtube.add_videos("22", "people", 2)
+    youtube.charts["22"][0]["snippet"] = 5                      # wrong-shaped JSON from "the API"
+    result = live_demo(tmp_path, youtube, "--niche", "tech", "--niche", "people")
+    assert result.exit_code == 1, result.output
+    failures = failures_of(result.output)
+    assert failures["tech"].startswith("trending_videos failed: YouTube Data API quota exhausted")
+    assert "quota reset" in failures["tech"]
+    assert failures["people"].startswith("trending_videos failed: YouTube API at ")
+    assert "items[0].snippet is the number 5, expected an object" in failures["people"]
+    assert "DagsterExecutionStepExecutionError" not in result.output and TEST_KEY not in result.output
+
+
+def test_demo_of_a_past_date_with_the_api_refuses_in_one_line(tmp_path, youtube):
+    youtube.add_videos("28", "tech", 3)
+    today = today_in_hobart()
+    past = (date.fromisoformat(today) - timedelta(days=5)).isoformat()
+    result = live_demo(tmp_path, youtube, "--date", past, "--niche", "tech")
+    assert result.exit_code == 1, result.output
+    assert failures_of(result.output)["tech"].startswith(
+        f"trending_videos failed: YouTube's chart is only available for today ({today} in Australia/Hobart); "
+        f"{past} can't be collected now")
+    assert youtube.requests == [] and not (tmp_path / "data" / "trending").exists()
+
+
+def test_root_cause_looks_under_dagsters_wrapper():
+    @dg.asset
+    def broken():
+        raise ValueError("the real reason\nand its second line")
+
+    @dg.asset
+    def empty():
+        raise NothingToEmbedError("all 3 thumbnails of education on 2026-11-19 failed to fetch")
+
+    @dg.asset
+    def refused():
+        raise dg.Failure(description="YouTube's chart is only available for today")
+
+    errors = {name: summarise("tech", dg.materialize([asset], raise_on_error=False)).error
+              for name, asset in [("broken", broken), ("empty", empty), ("refused", refused)]}
+    assert errors == {"broken": "broken failed: ValueError: the real reason",
+                      "empty": "empty failed: all 3 thumbnails of education on 2026-11-19 failed to fetch",
+                      "refused": "refused failed: YouTube's chart is only available for today"}

@@ -22,7 +22,7 @@ from thumblab_dagster.defs.supabase.assets import SUPABASE_MIRROR_IN_SYNC
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote
 from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer, thumbnail_library
 from thumblab_dagster.lib.embed.clip import read_embeddings
-from thumblab_dagster.lib.engine import index_dir as vector_index
+from thumblab_dagster.lib.engine import index_dir
 from thumblab_dagster.lib.query import EmbeddingMismatchError
 from thumblab_dagster.lib.stores.supabase_sql import SqlStore, migrate
 from thumblab_dagster.lib.stores.upload import FsspecDestination, UploadError, upload_index_dir
@@ -89,7 +89,7 @@ def test_daily_refresh_fills_the_table_keeps_it_clean_and_uploads_the_index(tmp_
         # one row per indexed video, vectors equal to the parquet's
         frame, vectors, _ = read_embeddings(layout.embeddings("tech", D))
         rows = {r[0]: r for r in table(secret_db_url)}
-        assert set(rows) == set(vector_index.load_index_dir(layout.index_dir("tech", D)).ids.tolist())
+        assert set(rows) == set(index_dir.load_index_dir(layout.index_dir("tech", D)).ids.tolist())
         for video_id, vector in zip(frame["video_id"], vectors):
             stored = np.asarray(rows[video_id][6].strip("[]").split(","), dtype=np.float32)
             np.testing.assert_allclose(stored, vector, atol=1e-7)
@@ -103,7 +103,7 @@ def test_daily_refresh_fills_the_table_keeps_it_clean_and_uploads_the_index(tmp_
         uploaded = meta(result, "uploaded_index")
         for folder in (D, "latest"):
             copy = tmp_path / "uploads" / "tech" / folder
-            assert vector_index.checksum_problems(copy, vector_index.read_manifest(copy)) == []
+            assert index_dir.checksum_problems(copy, index_dir.read_manifest(copy)) == []
         assert "manifest.json" in uploaded["files"] and uploaded["bytes"] > 0
 
         # the password reaches no log line and no metadata value
@@ -124,7 +124,7 @@ def test_the_index_can_be_built_from_the_table_and_checked_against_it(tmp_path, 
     built = meta(result, "niche_index")
     assert built["source"] == "postgres (SUPABASE_DB_URL)" and built["ntotal"] == 12
     assert checks_of(result)[ID_MAP_ALIGNMENT] is True
-    ids = vector_index.load_index_dir(defs.resources["storage"].layout.index_dir("gaming", D)).ids.tolist()
+    ids = index_dir.load_index_dir(defs.resources["storage"].layout.index_dir("gaming", D)).ids.tolist()
     assert sorted(ids) == sorted(r[0] for r in table(secret_db_url) if r[1] == "gaming")
 
 

@@ -1,7 +1,16 @@
+from datetime import datetime, timezone
+
 import pytest
 
-from thumblab_dagster.lib.collections.thumbnails.youtube import YouTubeClient, YouTubeError, YouTubeKeyError, YouTubeQuotaError
+from thumblab_dagster.lib.collections.thumbnails.youtube import (
+    YouTubeClient,
+    YouTubeError,
+    YouTubeKeyError,
+    YouTubeQuotaError,
+    shape_problem,
+)
 from thumblab_dagster_tests.conftest import TEST_KEY
+from thumblab_dagster_tests.fakes.youtube import video_item
 
 
 def client(youtube, **kw):
@@ -78,3 +87,53 @@ def test_unreachable_api_names_the_url_but_not_the_key():
 def test_empty_key_is_refused():
     with pytest.raises(YouTubeKeyError, match="YOUTUBE_API_KEY"):
         YouTubeClient("")
+
+
+def test_json_of_the_wrong_shape_names_the_field(youtube):
+    youtube.add_videos("28", "tech", 2)
+    youtube.charts["28"][1]["snippet"] = 5  # an int where the snippet object belongs
+    with pytest.raises(YouTubeError) as err:
+        client(youtube).most_popular("28")
+    message = str(err.value)
+    assert "items[1].snippet is the number 5, expected an object" in message
+    assert "YOUTUBE_API_BASE_URL" in message and TEST_KEY not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("body, problem", [
+    ({"items": {"id": "x"}}, "items is an object {'id': 'x'}, expected a list"),
+    ([{"id": "x"}], "the response body is a list [{'id': 'x'}], expected an object"),
+    (None, "the response body is null, expected an object"),
+    ({"items": [{"id": 7}]}, "items[0].id is the number 7, expected a string"),
+    ({"items": [{"id": "x", "statistics": {"viewCount": "many"}}]},
+     "items[0].statistics.viewCount is the string 'many', expected a whole number"),
+    ({"items": [{"id": "x", "snippet": {"publishedAt": "yesterday"}}]},
+     "items[0].snippet.publishedAt is the string 'yesterday', expected a time such as 2026-11-21T10:00:00Z"),
+    ({"items": [{"id": "x", "snippet": {"thumbnails": {"high": {"url": "u", "width": "480"}}}}]},
+     "items[0].snippet.thumbnails.high.width is the string '480', expected a whole number"),
+    ({"items": [], "nextPageToken": 50}, "nextPageToken is the number 50, expected a string"),
+])
+def test_shape_problems_are_named_by_their_path(body, problem):
+    assert shape_problem(body) == problem
+
+
+def test_the_documented_shape_passes_and_nulls_are_allowed():
+    item = video_item("x", "28", "http://127.0.0.1:9/x.jpg", datetime(2026, 11, 20, tzinfo=timezone.utc))
+    item["snippet"]["title"] = None
+    assert shape_problem({"kind": "youtube#videoListResponse", "items": [item], "nextPageToken": "50"}) is None
+
+
+def test_an_error_body_of_the_wrong_shape_is_read_without_crashing():
+    assert _error_reasons_of(b'{"error": "boom"}') == (set(), "boom")
+    assert _error_reasons_of(b'[1, 2]') == (set(), "[1, 2]")
+    assert _error_reasons_of(b'{"error": {"errors": [5, {"reason": 3}, {"reason": "quotaExceeded"}]}}') == (
+        {"quotaExceeded"}, "")
+
+
+def _error_reasons_of(body: bytes):
+    import requests
+
+    from thumblab_dagster.lib.collections.thumbnails.youtube import _error_reasons
+
+    response = requests.Response()
+    response._content, response.status_code = body, 500
+    return _error_reasons(response)

@@ -22,9 +22,12 @@ class DataLayout:
                    Path(publish_root).expanduser().absolute() if publish_root else None)
 
     @classmethod
-    def from_env(cls, environ=None):
-        """THUMBLAB_DATA_ROOT and THUMBLAB_PUBLISH_DIR, as the pipeline's storage resource reads them."""
-        settings = load_settings(environ)
+    def from_env(cls, environ=None, settings=None):
+        """THUMBLAB_DATA_ROOT and THUMBLAB_PUBLISH_DIR, as the pipeline's storage resource reads them.
+
+        ``settings``: values already loaded (``load_settings``), so a caller parses the environment once.
+        """
+        settings = load_settings(environ) if settings is None else settings
         return cls.at(settings.data_root, settings.publish_dir)
 
     def trending(self, niche: str, date: str) -> Path:

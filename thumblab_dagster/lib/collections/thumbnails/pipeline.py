@@ -18,21 +18,30 @@ import numpy as np
 from thumblab_dagster.lib.collections.thumbnails import sample_source
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.niches import WINDOW_DAYS, category_id
-from thumblab_dagster.lib.collections.thumbnails.trending import frame_from_items, read_trending, write_trending
+from thumblab_dagster.lib.collections.thumbnails.trending import (
+    ChartUnavailableError,
+    LiveWindow,
+    frame_from_items,
+    read_trending,
+    recorded_source,
+    write_trending,
+)
 from thumblab_dagster.lib.collections.thumbnails.window import Window, load_window, load_window_from_store, window_dates
 from thumblab_dagster.lib.collections.thumbnails.youtube import YouTubeClient
 from thumblab_dagster.lib.embed.clip import LoadedClip, embed_images, embed_texts, read_embeddings, write_embeddings
-from thumblab_dagster.lib.embed.images import fetch_images, reason_kind
-from thumblab_dagster.lib.engine import index_dir as vector_index
+from thumblab_dagster.lib.embed.images import TRANSPORT, FetchResult, fetch_images, reason_kind
+from thumblab_dagster.lib.engine import index_dir
 from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster.lib.engine import stats as index_stats
 from thumblab_dagster.lib.engine.build import build_index_dir
 from thumblab_dagster.lib.engine.files import write_json_atomic
 from thumblab_dagster.lib.engine.manifest import Manifest
 from thumblab_dagster.lib.engine.percentiles import row_weights
-from thumblab_dagster.lib.engine.spec import DEFAULT_MEMORY_BUDGET, IndexSpec, ReferenceSpec, SideIndexSpec
-from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL, verify_recall
+from thumblab_dagster.lib.engine.spec import IndexSpec, ReferenceSpec, SideIndexSpec
+from thumblab_dagster.lib.engine.tune import verify_recall
 from thumblab_dagster.lib.engine.validate import AlignmentReport, check_alignment
+from thumblab_dagster.lib.query.snapshot import reference_count
+from thumblab_dagster.lib.settings import SETTING
 
 _default_log = logging.getLogger(__name__)
 
@@ -49,12 +58,15 @@ TITLES_KEY = "titles"  # manifest entry of the title side index: title_vectors.n
 @dataclass
 class SourceSettings:
     api_key: str | None = None
-    base_url: str | None = None
-    region_code: str = "US"
-    max_results: int = 30
+    base_url: str | None = SETTING["youtube_base_url"].default  # defaults declared in lib/settings.py
+    region_code: str = SETTING["youtube_region_code"].default
+    max_results: int = SETTING["youtube_max_results"].default
     timeout_s: float = 15.0
     retries: int = 3
     backoff_factor: float = 1.0
+    live_grace_days: int = SETTING["live_grace_days"].default  # late runs: days before today the live chart may fill
+    refresh: bool = False  # fetch a live date's chart again although its trending file exists
+    today: str | None = None  # the live chart's date; None: today in Australia/Hobart (tests pin it)
 
     @property
     def kind(self) -> str:
@@ -67,10 +79,27 @@ class TrendingOutcome:
     rows: int
     warnings: list[str]
     frame: object
+    reused: bool = False  # the existing trending file was kept, nothing was fetched
 
 
 def collect_trending(layout: DataLayout, niche: str, date: str, source: SourceSettings,
                      log=_default_log) -> TrendingOutcome:
+    """The niche's chart for ``date`` written to its trending file, or that file reused.
+
+    YouTube's chart is always today's, so the live API fills only the dates of its live window;
+    any other date reuses its file or, without one, raises ``ChartUnavailableError`` before
+    anything is fetched or written (see ``reuse_or_collect``).
+    """
+    path = layout.trending(niche, date)
+    existing = recorded_source(path)
+    reuse, note = reuse_or_collect(existing, date, source)
+    if reuse:
+        frame = read_trending(path)
+        if note:
+            log.warning(note)
+        log.info(f"reused the {existing} chart of {niche} for {date} ({len(frame)} videos) from {path}"
+                 + ("" if source.kind == "sample" else "; THUMBLAB_TRENDING_REFRESH=on fetches a live date again"))
+        return TrendingOutcome(existing, len(frame), [note] if note else [], frame, reused=True)
     cat = category_id(niche)
     if source.kind == "youtube":
         client = YouTubeClient(source.api_key, base_url=source.base_url, region_code=source.region_code,
@@ -84,18 +113,44 @@ def collect_trending(layout: DataLayout, niche: str, date: str, source: SourceSe
     for warning in warnings:
         log.warning(warning)
     frame = frame_from_items(items, niche, cat, collected)
-    write_trending(layout.trending(niche, date), frame, source.kind)
+    write_trending(path, frame, source.kind)
     log.info(f"collected {len(frame)} {niche} videos for {date} from the {source.kind} source")
     return TrendingOutcome(source.kind, len(frame), warnings, frame)
+
+
+def reuse_or_collect(existing: str | None, date: str, source: SourceSettings) -> tuple[bool, str]:
+    """Whether to keep the trending file of ``date`` (``existing``: the source it records, None when
+    there is none) rather than collect, and a warning to show. Raises ``ChartUnavailableError`` when
+    the live API would have to fill a date outside its live window."""
+    if source.kind == "sample":  # deterministic, so it may fill any date; but it never replaces a real chart
+        if existing == "youtube":
+            return True, f"kept the YouTube chart already collected for {date}: the sample source never replaces it"
+        return False, ""
+    live = LiveWindow.now(source.live_grace_days, source.today)
+    if existing is None:
+        if date in live:
+            return False, ""
+        raise ChartUnavailableError(live.refusal(date))
+    if existing == "youtube" and not source.refresh:
+        return True, ""  # re-running a date never re-fetches it unless asked
+    if date in live:
+        return False, ""  # asked to refresh, or replacing another source's chart with the real one
+    why = "THUMBLAB_TRENDING_REFRESH=on, but " if source.refresh else ""
+    return True, (f"{why}{date} is past the live chart (today is {live.today} in Australia/Hobart): "
+                  f"kept its trending file from the {existing} source")
 
 
 # --- thumbnail_embeddings -----------------------------------------------------------------
 
 @dataclass
 class FetchSettings:
-    max_workers: int = 8
+    max_workers: int = SETTING["fetch_workers"].default
     timeout_s: float = 10.0
-    max_bytes: int = 5 * 1024 * 1024
+    max_bytes: int = SETTING["fetch_max_bytes"].default
+    # Transport failures (refused, reset, timed out, 5xx) are retried, 0.5, 1, 2 s apart by default.
+    retries: int = 3
+    backoff_factor: float = 0.5
+    max_failed_share: float = SETTING["fetch_max_failed_share"].default  # of transport failures, after retries
 
 
 @dataclass
@@ -107,10 +162,19 @@ class EmbeddingOutcome:
     weights: dict
     dim: int
     seconds: float
+    fetch_failures_by_kind: dict[str, int] = field(default_factory=dict)  # "transport: ConnectionError" -> count
 
 
 class NothingToEmbedError(RuntimeError):
-    pass
+    """Every thumbnail failed for its own reason (404, not an image...): re-running will not help."""
+
+
+class TransportFailuresError(RuntimeError):
+    """Too many thumbnails failed in transport: the network or the CDN is down, re-run later."""
+
+    def __init__(self, message: str, failures_by_kind: dict[str, int]):
+        super().__init__(message)
+        self.failures_by_kind = failures_by_kind
 
 
 EMBEDDING_COLUMNS = ["video_id", "niche", "title", "channel_title", "thumbnail_url", "published_at",
@@ -119,21 +183,31 @@ EMBEDDING_COLUMNS = ["video_id", "niche", "title", "channel_title", "thumbnail_u
 
 def embed_thumbnails(layout: DataLayout, niche: str, date: str, clip: LoadedClip,
                      fetch: FetchSettings, batch_size: int = 32, log=_default_log) -> EmbeddingOutcome:
-    """Fetch and embed the partition's thumbnails; broken ones are skipped and counted."""
+    """Fetch and embed the partition's thumbnails; broken ones are skipped and counted.
+
+    A broken thumbnail (content failure: 404, not an image, too big) is skipped. Transport failures
+    (refused, reset, timed out, 5xx) are retried; when more than ``fetch.max_failed_share`` of the
+    thumbnails still fail so, ``TransportFailuresError`` is raised and nothing is written.
+    """
     start = time.perf_counter()
     frame = read_trending(layout.trending(niche, date))
     urls = frame["thumbnail_url"].tolist()
     log.info(f"fetching {len(urls)} thumbnails ({fetch.max_workers} threads)")
     results = fetch_images(urls, max_workers=fetch.max_workers, timeout_s=fetch.timeout_s,
-                           max_bytes=fetch.max_bytes, schemes=sample_source.FETCH_SCHEMES,
+                           max_bytes=fetch.max_bytes, retries=fetch.retries, backoff_factor=fetch.backoff_factor,
+                           schemes=sample_source.FETCH_SCHEMES,
                            progress=lambda done, total: log.info(f"fetched {done}/{total} thumbnails"))
     ok = [i for i, r in enumerate(results) if r.ok]
-    failed = [(frame["video_id"].iloc[i], r.error) for i, r in enumerate(results) if not r.ok]
-    for video_id, reason in failed:
-        log.warning(f"skipped thumbnail of {video_id}: {reason}")
+    failed = [(frame["video_id"].iloc[i], r) for i, r in enumerate(results) if not r.ok]
+    for video_id, result in failed:
+        log.warning(f"skipped thumbnail of {video_id} ({result.kind}): {result.error}")
+    by_kind = dict(Counter(f"{r.kind}: {r.label}" for _, r in failed))
+    transport = [r for _, r in failed if r.kind == TRANSPORT]
+    if len(transport) > fetch.max_failed_share * len(urls):
+        raise TransportFailuresError(transport_failure_message(niche, date, len(urls), transport, fetch), by_kind)
     if urls and not ok:
         raise NothingToEmbedError(f"all {len(urls)} thumbnails of {niche} on {date} failed to fetch "
-                                  f"(e.g. {failed[0][1]}); nothing to embed. Check the network or the "
+                                  f"(e.g. {failed[0][1].error}); nothing to embed. Check the network or the "
                                   "thumbnail URLs, then re-run the partition.")
     if not urls:
         log.warning(f"no trending videos for {niche} on {date}: writing an empty embeddings file")
@@ -144,11 +218,22 @@ def embed_thumbnails(layout: DataLayout, niche: str, date: str, clip: LoadedClip
     # Titles through the text tower too: the query side scores an upload's title against them.
     title_vectors = embed_texts(clip, kept["title"].fillna("").astype(str).tolist())
     write_embeddings(layout.embeddings(niche, date), kept, vectors, clip.weights.as_dict(), title_vectors)
-    reasons = Counter(reason_kind(reason) for _, reason in failed)
+    reasons = Counter(reason_kind(r.error) for _, r in failed)
     return EmbeddingOutcome(embedded=len(ok), skipped=len(failed), skip_reasons=dict(reasons),
-                            skipped_examples=[f"{v}: {r}" for v, r in failed[:10]],
+                            skipped_examples=[f"{v}: {r.error}" for v, r in failed[:10]],
                             weights=clip.weights.as_dict(), dim=clip.dim,
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start, fetch_failures_by_kind=by_kind)
+
+
+def transport_failure_message(niche: str, date: str, total: int, transport: list[FetchResult],
+                              fetch: FetchSettings) -> str:
+    """One line: how many failed in transport, the share allowed, the first causes, what to do."""
+    count = f"all {total}" if len(transport) == total else f"{len(transport)} of {total}"
+    causes = Counter(r.error for r in transport).most_common(3)
+    return (f"{count} thumbnails of {niche} on {date} failed in transport after {fetch.retries} retries "
+            f"(more than {fetch.max_failed_share * 100:g}% allowed), e.g. "
+            + "; ".join(f"{reason} ({n} of them)" for reason, n in causes)
+            + "; nothing was embedded: check the network and re-run the partition")
 
 
 @dataclass
@@ -208,8 +293,8 @@ def reference_window(layout: DataLayout, niche: str, date: str, dates: list[str]
 @dataclass(frozen=True)
 class IndexSettings:
     """How the engine builds a niche index: the memory it may use and the recall it must prove."""
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
-    target_recall: float = DEFAULT_TARGET_RECALL
+    memory_budget_bytes: int = SETTING["index_memory_mb"].default * 1024 * 1024
+    target_recall: float = SETTING["index_target_recall"].default
 
 
 def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str] | None = None,
@@ -229,7 +314,7 @@ def build_niche_index(layout: DataLayout, niche: str, date: str, dates: list[str
     log.info(f"{niche}: {manifest.factory} over {manifest.ntotal} vectors "
              f"(budget {settings.memory_budget_bytes:,} bytes)")
     return IndexOutcome(ntotal=manifest.ntotal, dim=manifest.dim,
-                        file_bytes=manifest.files[vector_index.INDEX_FILE].bytes,
+                        file_bytes=manifest.files[index_dir.INDEX_FILE].bytes,
                         build_seconds=manifest.build_seconds, dates_used=window.dates_used,
                         missing_dates=window.missing_dates, excluded_dates=window.excluded_dates,
                         manifest=manifest)
@@ -266,12 +351,12 @@ def check_niche_index(layout: DataLayout, niche: str, date: str, sample: int = 2
         window = reference_window(layout, niche, date, store=store)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         return AlignmentReport(False, [f"cannot re-read the window: {exc}"])
-    return check_alignment(directory, window.ids, window.vectors, sample=sample)
+    return check_alignment(directory, window.ids, window.vectors, sample=sample, id_column=ID_COLUMN)
 
 
 def check_niche_recall(layout: DataLayout, niche: str, date: str, store=None) -> dict:
     """Recall@10 of the built index against exact search over its window, on fresh queries."""
-    loaded = vector_index.load_index_dir(layout.index_dir(niche, date))
+    loaded = index_dir.load_index_dir(layout.index_dir(niche, date))
     window = reference_window(layout, niche, date, store=store)
     return verify_recall(loaded, window.vectors)
 
@@ -286,14 +371,15 @@ def compute_index_stats(layout: DataLayout, niche: str, date: str, k: int = 10,
                         sample: int = 200) -> tuple[dict, bytes]:
     """Stats JSON for one index (written under stats/) and a histogram PNG for the UI."""
     directory = layout.index_dir(niche, date)
-    loaded = vector_index.load_index_dir(directory)
+    loaded = index_dir.load_index_dir(directory)
     measured = index_stats.measure(loaded, k=k, sample=sample)
-    index_path = directory / vector_index.INDEX_FILE
+    index_path = directory / index_dir.INDEX_FILE
     nn = measured.pop("nn_similarity")
     stats = {
         "niche": niche,
         "date": date,
         "ntotal": loaded.ntotal,
+        "reference_count": reference_count(loaded.manifest),  # what a percentile is ranked against
         "dim": int(loaded.index.d),
         "index_type": f"{loaded.manifest.get('factory')} ({type(loaded.index).__name__})",
         "metric": loaded.manifest.get("metric"),

@@ -32,9 +32,9 @@ class SupabaseSettings:
     db_url: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_env(cls, environ=None) -> SupabaseSettings:
-        """SUPABASE_URL, SUPABASE_KEY and SUPABASE_DB_URL, read through ``lib/settings.py``."""
-        settings = load_settings(environ)
+    def from_env(cls, environ=None, settings=None) -> SupabaseSettings:
+        """SUPABASE_URL, SUPABASE_KEY and SUPABASE_DB_URL, read through ``lib/settings.py`` (or given loaded)."""
+        settings = load_settings(environ) if settings is None else settings
         return cls(settings.supabase_url, settings.supabase_key, settings.supabase_db_url)
 
     @property
@@ -92,6 +92,10 @@ class SupabaseRemote:
             self._references[(niche, k)] = (time.monotonic(), scores)
         return scores
 
+    def reference_count(self, niche: str, k: int) -> int:
+        """How many references the percentile ranks against: the store's sample of the niche (cached)."""
+        return len(self._reference(niche, k))
+
     def similarity_percentile(self, vector: np.ndarray, niche: str, k: int, weight: str | None) -> float:
         if weight is not None:
             raise ValueError("the shared store keeps no weighted reference")
@@ -105,7 +109,7 @@ class SupabaseRemote:
         return percentile_of(float(np.mean(sims[without_self(sims, k)])), self._reference(niche, k))
 
 
-def remote_from_env(environ=None) -> SupabaseRemote | None:
+def remote_from_env(environ=None, settings=None) -> SupabaseRemote | None:
     """The fallback the CLI and the service use when Supabase is configured, else None."""
-    settings = SupabaseSettings.from_env(environ)
-    return SupabaseRemote(settings.store()) if settings.configured else None
+    supabase = SupabaseSettings.from_env(environ, settings)
+    return SupabaseRemote(supabase.store()) if supabase.configured else None

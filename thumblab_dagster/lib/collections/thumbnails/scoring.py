@@ -10,7 +10,7 @@ and refused when the niche's index was built with another model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -40,9 +40,15 @@ THUMBNAILS = LibrarySpec(
                              "or rebuild the index"))
 
 
-def thumbnail_library(root: str | os.PathLike, remote: RemoteSearch | None = None) -> ReferenceLibrary:
-    """The published niche indices under ``root`` (``faiss_indices/``), with an optional fallback."""
-    return ReferenceLibrary(root, THUMBNAILS, remote=remote)
+def thumbnail_library(root: str | os.PathLike, remote: RemoteSearch | None = None, *,
+                      min_references: int | None = None) -> ReferenceLibrary:
+    """The published niche indices under ``root`` (``faiss_indices/``), with an optional fallback.
+
+    ``min_references``: percentiles ranked against fewer references are flagged not confident
+    (THUMBLAB_MIN_REFERENCES; default its default).
+    """
+    spec = THUMBNAILS if min_references is None else replace(THUMBNAILS, min_references=min_references)
+    return ReferenceLibrary(root, spec, remote=remote)
 
 
 @dataclass

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
 
-import numpy as np
-
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.niches import WINDOW_DAYS
 from thumblab_dagster.lib.collections.thumbnails.trending import read_trending
 from thumblab_dagster.lib.collections.thumbnails.window import day_bounds
 from thumblab_dagster.lib.embed.clip import read_embeddings, weights_label
-from thumblab_dagster.lib.engine.index_dir import IDS_FILE
+from thumblab_dagster.lib.engine.ids import id_array, read_ids
+from thumblab_dagster.lib.engine.manifest import read_manifest
 from thumblab_dagster.lib.stores.supabase import ReferenceStore, to_records
 
 _default_log = logging.getLogger(__name__)
@@ -76,7 +75,8 @@ class MirrorReport:
 def mirror_in_sync(layout: DataLayout, niche: str, date: str, store: ReferenceStore,
                    window_days: int = WINDOW_DAYS) -> MirrorReport:
     """The store's ids collected within the window ending ``date`` equal the ids of ``date``'s index."""
-    index_ids = set(np.load(layout.index_dir(niche, date) / IDS_FILE, allow_pickle=False).tolist())
+    directory = layout.index_dir(niche, date)
+    index_ids = set(id_array(read_ids(directory, read_manifest(directory))).tolist())  # whatever id layout the manifest says
     first = (Date.fromisoformat(date) - timedelta(days=window_days - 1)).isoformat()
     store_ids = store.ids_between(niche, *day_bounds(first, date))
     missing, extra = sorted(index_ids - store_ids), sorted(store_ids - index_ids)

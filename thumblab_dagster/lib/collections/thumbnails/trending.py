@@ -1,10 +1,16 @@
-"""The trending-videos table: one schema, whichever source filled it."""
+"""The trending-videos table: one schema, whichever source filled it; and which dates the live
+chart can still fill (YouTube's mostPopular chart is always *today's*)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import date as Date
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pandas as pd
+
+from thumblab_dagster.lib.collections.thumbnails.niches import TIMEZONE
 
 TRENDING_COLUMNS = [
     "video_id", "niche", "category_id", "title", "channel_title", "description",
@@ -35,7 +41,7 @@ def views_per_hour(view_count: int, published_at: datetime, collected_at: dateti
     return float(view_count) / max(hours, 1.0)
 
 
-def _parse_time(value: str) -> datetime:
+def parse_time(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
@@ -54,7 +60,7 @@ def frame_from_items(items: list[dict], niche: str, category_id: str,
         url = best_thumbnail_url(snippet.get("thumbnails") or {})
         if not video_id or not url:
             continue
-        published = _parse_time(snippet["publishedAt"]) if snippet.get("publishedAt") else collected_at
+        published = parse_time(snippet["publishedAt"]) if snippet.get("publishedAt") else collected_at
         views = int(stats.get("viewCount") or 0)
         rows.append({
             "video_id": str(video_id),
@@ -98,7 +104,7 @@ def write_trending(path, frame: pd.DataFrame, source: str):
     from thumblab_dagster.lib.engine.files import atomic_path
 
     table = pa.Table.from_pandas(frame.reindex(columns=TRENDING_COLUMNS), preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"thumblab.source": source.encode()})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source.encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -111,3 +117,53 @@ def read_trending(path) -> pd.DataFrame:
         raise FileNotFoundError(f"trending file {path} does not exist: materialise trending_videos "
                                 "for that partition first")
     return pd.read_parquet(path)
+
+
+SOURCE_KEY = b"thumblab.source"  # the parquet schema metadata entry naming the source that filled the file
+
+
+def recorded_source(path) -> str | None:
+    """The source recorded in an existing trending file (``"unknown"`` when it names none), else None."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    if not Path(path).exists():
+        return None
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(SOURCE_KEY, b"unknown").decode()
+
+
+class ChartUnavailableError(RuntimeError):
+    """The live chart cannot fill this date: it only ever shows today's videos."""
+
+
+def today_in(zone: str = TIMEZONE) -> str:
+    return datetime.now(ZoneInfo(zone)).date().isoformat()
+
+
+@dataclass(frozen=True)
+class LiveWindow:
+    """The partition dates the live API may collect now: today (Australia/Hobart) and, for late
+    runs, ``grace_days`` before it. Anything else would store today's chart under another date."""
+
+    today: str
+    grace_days: int = 0
+
+    @classmethod
+    def now(cls, grace_days: int = 0, today: str | None = None) -> LiveWindow:
+        return cls(today or today_in(), grace_days)
+
+    @property
+    def first(self) -> str:
+        return (Date.fromisoformat(self.today) - timedelta(days=self.grace_days)).isoformat()
+
+    def __contains__(self, date: str) -> bool:
+        return self.first <= date <= self.today  # ISO dates compare as strings
+
+    def refusal(self, date: str) -> str:
+        """The one line for a date the live chart cannot fill and no file holds."""
+        reach = f"late runs reach back to {self.first} only" if self.grace_days else "late runs are not allowed"
+        return (f"YouTube's chart is only available for today ({self.today} in {TIMEZONE}); {date} can't be collected "
+                f"now: it has no trending file to reuse, and {reach} (THUMBLAB_LIVE_GRACE_DAYS={self.grace_days}). "
+                "Materialise recent dates only, or unset YOUTUBE_API_KEY to backfill from the bundled sample")

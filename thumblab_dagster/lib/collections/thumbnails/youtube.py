@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import requests
+from pydantic import BaseModel, StrictInt, ValidationError, field_validator
 
+from thumblab_dagster.lib.collections.thumbnails.trending import parse_time
 from thumblab_dagster.lib.embed.http import retrying_session
+from thumblab_dagster.lib.settings import SETTING
 
-DEFAULT_BASE_URL = "https://www.googleapis.com/youtube/v3"
+DEFAULT_BASE_URL = SETTING["youtube_base_url"].default  # declared in lib/settings.py
 MAX_PAGE_SIZE = 50  # the API's own cap on maxResults
 
 _QUOTA_REASONS = {"quotaExceeded", "dailyLimitExceeded", "rateLimitExceeded", "userRateLimitExceeded"}
@@ -39,13 +42,78 @@ class ChartResult:
     warnings: list[str] = field(default_factory=list)
 
 
+# The parts of a videos.list response that frame_from_items reads, with their JSON types: a field
+# may be absent or null, but one of another type is the server's mistake, named as such rather
+# than an AttributeError deep in the table code. Checked only: the items travel on as they came.
+class _Thumbnail(BaseModel):
+    url: str | None = None
+    width: StrictInt | None = None
+    height: StrictInt | None = None
+
+
+class _Snippet(BaseModel):
+    publishedAt: str | None = None  # noqa: N815 (the API's names)
+    title: str | None = None
+    channelTitle: str | None = None  # noqa: N815
+    description: str | None = None
+    categoryId: str | None = None  # noqa: N815
+    thumbnails: dict[str, _Thumbnail] | None = None
+
+    @field_validator("publishedAt")
+    @classmethod
+    def _a_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_time(value)  # ValueError: not an RFC 3339 time
+        return value
+
+
+class _Statistics(BaseModel):
+    viewCount: int | None = None  # noqa: N815 (a decimal string in the API)
+
+
+class _Video(BaseModel):
+    id: str | None = None
+    snippet: _Snippet | None = None
+    statistics: _Statistics | None = None
+
+
+class _Page(BaseModel):
+    items: list[_Video] | None = None
+    nextPageToken: str | None = None  # noqa: N815
+
+
+_EXPECTED = {"dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
+             "list_type": "a list", "string_type": "a string", "int_type": "a whole number",
+             "int_parsing": "a whole number", "int_from_float": "a whole number",
+             "value_error": "a time such as 2026-11-21T10:00:00Z"}  # the one validator: publishedAt
+
+
+def shape_problem(body) -> str | None:
+    """The first field of ``body`` (a videos.list page) whose JSON type is wrong, named by its path
+    (``items[3].snippet``), or None when the page has the documented shape."""
+    try:
+        _Page.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+        value = error["input"]
+        kind = {"dict": "an object ", "list": "a list ", "str": "the string ", "int": "the number ",
+                "float": "the number ", "bool": "the boolean "}.get(type(value).__name__, "")
+        shown = "null" if value is None else repr(value)[:40]
+        expected = _EXPECTED.get(error["type"], error["msg"])
+        return f"{path or 'the response body'} is {kind}{shown}, expected {expected}"
+    return None
+
+
 def _error_reasons(response: requests.Response) -> tuple[set[str], str]:
     try:
         error = response.json().get("error") or {}
-    except ValueError:
+    except (ValueError, AttributeError):  # not JSON, or not an object
         return set(), response.text[:200]
-    reasons = {e.get("reason") for e in error.get("errors") or [] if e.get("reason")}
-    reasons |= {d.get("reason") for d in error.get("details") or [] if isinstance(d, dict) and d.get("reason")}
+    if not isinstance(error, dict):
+        return set(), str(error)[:200]
+    listed = [e for key in ("errors", "details") if isinstance(error.get(key), list) for e in error[key]]
+    reasons = {e.get("reason") for e in listed if isinstance(e, dict) and isinstance(e.get("reason"), str)}
     return reasons, str(error.get("message") or "")
 
 
@@ -103,10 +171,16 @@ class YouTubeClient:
                 "check the network or YOUTUBE_API_BASE_URL, then re-run the partition")) from None
         if response.ok:
             try:
-                return response.json()
+                body = response.json()
             except ValueError:
                 raise YouTubeError(f"YouTube API answered HTTP {response.status_code} with a body that "
                                    "is not JSON: check YOUTUBE_API_BASE_URL") from None
+            problem = shape_problem(body)
+            if problem:
+                raise YouTubeError(self._scrub(
+                    f"YouTube API at {self.base_url} answered category {category_id} with JSON of the wrong shape: "
+                    f"{problem}. Check that YOUTUBE_API_BASE_URL points at the YouTube Data API v3"))
+            return body
         reasons, message = _error_reasons(response)
         status = response.status_code
         detail = self._scrub(f"HTTP {status} {', '.join(sorted(reasons)) or ''} {message}".strip())
