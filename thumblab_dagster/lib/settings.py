@@ -137,6 +137,10 @@ SETTINGS: tuple[Setting, ...] = (
             shown_default="`thumblab_data` (relative to the working directory)", doc="where every file is written"),
     Setting("publish_dir", "THUMBLAB_PUBLISH_DIR", str, None, target="storage.publish_dir",
             shown_default="`<data_root>/faiss_indices`", doc="where the scoring service loads indices"),
+    Setting("publish_mode", "THUMBLAB_PUBLISH_MODE", str, "0644", target="(publishing)", pattern=r"0?[67][0-7]{2}",
+            allowed="an octal file mode such as 0644, or 0640 to keep other users out",
+            doc="mode of the published files; their directories get `x` where `r` is set (0644: 0755). Read when "
+                "publishing. Index directories under the data root are always 0644/0755"),
     Setting("clip_model", "THUMBLAB_CLIP_MODEL", str, "ViT-B-32", target="embedder.model",
             doc="open_clip model name"),
     Setting("clip_pretrained", "THUMBLAB_CLIP_PRETRAINED", str, "laion2b_s34b_b79k", target="embedder.pretrained",
@@ -188,7 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
             shown_default="unset", doc="a service-role key for `SUPABASE_URL` (secret)"),
     Setting("supabase_retention_days", "THUMBLAB_SUPABASE_RETENTION_DAYS", int, 90, section=SUPABASE,
             target="supabase.retention_days", ge=1,
-            doc="rows older than this many days are deleted after each upsert"),
+            doc="after each upsert, the niche's rows whose partition date is before the last this many dates "
+                "(ending at the partition's) are deleted"),
     Setting("index_source", "THUMBLAB_INDEX_SOURCE", str, "parquet", section=SUPABASE, target="index_engine.source",
             choices=("parquet", "supabase"), case="lower",
             doc="`parquet` or `supabase`: build each niche's index from `ref_thumbnails` instead of the parquet "

@@ -15,11 +15,31 @@ create table if not exists ref_thumbnails (
     description    text,
     embedding      vector({dim}) not null,
     model          text not null,
-    collected_at   timestamptz not null default now()
+    collected_at   timestamptz not null default now(),
+    partition_date date not null  -- the partition (Australia/Hobart day) the row was collected for
 );
+
+-- Tables made before partition_date: add it, filled with the Hobart day of collected_at (what the
+-- partition was for every run on time), then require it. One statement: all of it or none.
+do $$
+begin
+    if not exists (select 1 from pg_attribute where attrelid = 'ref_thumbnails'::regclass
+                   and attname = 'partition_date' and not attisdropped) then
+        alter table ref_thumbnails add column partition_date date;
+    end if;
+    if exists (select 1 from pg_attribute where attrelid = 'ref_thumbnails'::regclass
+               and attname = 'partition_date' and not attnotnull) then
+        update ref_thumbnails set partition_date = (collected_at at time zone 'Australia/Hobart')::date
+        where partition_date is null;
+        alter table ref_thumbnails alter column partition_date set not null;
+    end if;
+end
+$$;
 
 create index if not exists ref_thumbnails_niche_idx on ref_thumbnails (niche);
 create index if not exists ref_thumbnails_collected_at_idx on ref_thumbnails (collected_at);
+-- retention, the mirror check and the table-built window select a niche's partition dates
+create index if not exists ref_thumbnails_niche_partition_date_idx on ref_thumbnails (niche, partition_date);
 create index if not exists ref_thumbnails_embedding_idx on ref_thumbnails using hnsw (embedding vector_cosine_ops);
 
 -- The niche's closest references by cosine similarity (Supabase RPC: POST /rest/v1/rpc/match_ref_thumbnails).

@@ -14,7 +14,8 @@ It speaks the wire formats for exactly what ``RestStore`` uses, over one in-memo
   ``GET /storage/v1/object[/authenticated]/<bucket>/<path>``, in Storage's error shape.
 
 Every request must carry ``apikey: <key>`` and ``Authorization: Bearer <key>`` (else 401). Embeddings are kept
-parsed (float32) and served in pgvector's text form, timestamps as Postgres renders timestamptz in UTC.
+parsed (float32) and served in pgvector's text form, timestamps as Postgres renders timestamptz in UTC, dates
+(``partition_date``) as ``YYYY-MM-DD``.
 Every request is recorded; ``fail_next(n, mode)`` makes the next n requests answer 503 or drop the connection.
 """
 
@@ -26,7 +27,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, parse_qsl, unquote, urlparse
 
@@ -36,7 +37,8 @@ from thumblab_dagster.lib.stores.supabase import COLUMNS, MATCH_FUNCTION, REFERE
 
 ALL = [*COLUMNS, "embedding"]
 TIMESTAMPS = {"published_at", "collected_at"}
-NOT_NULL = {"video_id", "niche", "embedding", "model", "collected_at"}
+DATES = {"partition_date"}
+NOT_NULL = {"video_id", "niche", "embedding", "model", "collected_at", "partition_date"}
 RESERVED = {"select", "order", "limit", "offset", "on_conflict", "columns"}
 OPS = {"eq": lambda a, b: a == b, "neq": lambda a, b: a != b, "gt": lambda a, b: a > b,
        "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}
@@ -77,6 +79,13 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def parse_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise PgError(400, "22007", f'invalid input syntax for type date: "{value}"') from None
+
+
 @dataclass
 class FakeSupabase:
     key: str
@@ -102,7 +111,8 @@ class FakeSupabase:
         out = {}
         for c in columns:
             v = row.get(c)
-            out[c] = pg_time(v) if c in TIMESTAMPS else pg_text(v) if c == "embedding" else v
+            out[c] = (pg_time(v) if c in TIMESTAMPS else pg_text(v) if c == "embedding"
+                      else v.isoformat() if c in DATES and v is not None else v)
         return out
 
     # -- PostgREST ------------------------------------------------------------------------------------------
@@ -116,6 +126,8 @@ class FakeSupabase:
             return None
         if column in TIMESTAMPS:
             return parse_time(value)
+        if column in DATES:
+            return parse_date(value)
         if column == "embedding":
             vector = pg_vector(value)
             self.dim = self.dim or len(vector)
@@ -140,7 +152,8 @@ class FakeSupabase:
                 continue
             if op not in OPS or column not in ALL or column == "embedding":
                 raise PgError(400, "PGRST100", f'"failed to parse filter ({expr})" (line 1, column 1)')
-            value = parse_time(raw) if column in TIMESTAMPS else float(raw) if column in ("views_per_hour", "view_count") else raw
+            value = (parse_time(raw) if column in TIMESTAMPS else parse_date(raw) if column in DATES
+                     else float(raw) if column in ("views_per_hour", "view_count") else raw)
             rows = [r for r in rows if r.get(column) is not None and OPS[op](r[column], value)]
         return rows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import httpx
 import numpy as np
@@ -17,6 +17,7 @@ from thumblab_dagster_tests.fakes.supabase import FakeSupabaseServer
 
 KEY = "sb_secret_TEST-key-0123456789abcdef"
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+DAY = T0.date()
 
 
 @pytest.fixture
@@ -32,7 +33,8 @@ def store(fake):
 
 
 def records(n: int, niche: str = "gaming", prefix: str = "v", start: datetime = T0, dim: int = 4, seed: int = 0,
-            step: timedelta = timedelta(minutes=1)):
+            step: timedelta = timedelta(minutes=1), day: date | None = None):
+    """n rows collected from ``start`` every ``step``, for partition ``day`` (default: each row's UTC day)."""
     frame = pd.DataFrame({
         "video_id": [f"{prefix}{i:05d}" for i in range(n)],
         "niche": niche,
@@ -43,6 +45,7 @@ def records(n: int, niche: str = "gaming", prefix: str = "v", start: datetime = 
         "published_at": [None if i % 4 == 0 else start - timedelta(hours=i, microseconds=123) for i in range(n)],
         "collected_at": [start + i * step for i in range(n)],
     })
+    frame["partition_date"] = day or [t.date() for t in frame["collected_at"]]
     vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return to_records(frame, vectors, "clip-test"), vectors
 
@@ -64,6 +67,7 @@ def test_upsert_in_batches_sends_postgrest_upserts(fake, store):
         row = r["json"][0]
         assert isinstance(row["embedding"], str) and row["embedding"].startswith("[")
         assert datetime.fromisoformat(row["collected_at"]).tzinfo is not None
+        assert row["partition_date"] == "2024-05-01"
     assert len(fake.rows) == 12
     assert np.array_equal(fake.rows["v00007"]["embedding"], vectors[7])
 
@@ -81,17 +85,22 @@ def test_upsert_is_idempotent_and_last_duplicate_wins(fake, store):
     assert store.count("gaming") == 7
 
 
-def test_delete_older_than_sends_filters_and_returns_count(fake, store):
-    store.upsert(records(6)[0] + records(3, niche="music", prefix="m")[0])
-    deleted = store.delete_older_than("gaming", T0 + timedelta(minutes=4))
+def test_delete_before_filters_by_partition_date_and_returns_count(fake, store):
+    # one partition a day, each collected 100 days late: the wall clock must not matter
+    gaming, _ = records(6, start=T0 + timedelta(days=100), step=timedelta(days=1))
+    for i, r in enumerate(gaming):
+        r["partition_date"] = DAY + timedelta(days=i)
+    store.upsert(gaming + records(3, niche="music", prefix="m", day=DAY - timedelta(days=30))[0])
+    deleted = store.delete_before("gaming", DAY + timedelta(days=4))
     assert deleted == 4
     (req,) = table_requests(fake, "DELETE")
     assert req["query"]["niche"] == ["eq.gaming"]
-    (lt,) = req["query"]["collected_at"]
-    assert lt.startswith("lt.") and datetime.fromisoformat(lt[3:]) == T0 + timedelta(minutes=4)
+    assert req["query"]["partition_date"] == ["lt.2024-05-05"] and "collected_at" not in req["query"]
     assert "count=exact" in req["headers"]["prefer"]
     assert sorted(fake.rows) == ["m00000", "m00001", "m00002", "v00004", "v00005"]
-    assert store.delete_older_than("gaming", T0) == 0
+    assert store.delete_before("gaming", DAY) == 0
+    with pytest.raises(TypeError, match="must be a date"):
+        store.delete_before("gaming", T0)
 
 
 def test_count_uses_head_with_exact_count(fake, store):
@@ -106,18 +115,19 @@ def test_count_uses_head_with_exact_count(fake, store):
 def test_ids_between_pages_past_max_rows(fake, store):
     inside, _ = records(2500, step=timedelta(seconds=1))
     before, _ = records(5, prefix="b", start=T0 - timedelta(days=1))
+    after, _ = records(5, prefix="z", start=T0 + timedelta(days=1))
     other, _ = records(5, niche="music", prefix="m")
-    store.upsert(inside + before + other, batch_size=1000)
-    end = T0 + timedelta(seconds=2500)
+    store.upsert(inside + before + after + other, batch_size=1000)
     fake.requests.clear()
-    assert store.ids_between("gaming", T0, end) == {r["video_id"] for r in inside}
+    assert store.ids_between_dates("gaming", DAY, DAY) == {r["video_id"] for r in inside}
     gets = table_requests(fake, "GET")
     assert len(gets) == 4  # 1000 + 1000 + 500, then an empty page ends it
     assert all(r["query"]["limit"] == ["1000"] and r["query"]["order"] == ["video_id.asc"] for r in gets)
-    assert sorted(gets[0]["query"]["collected_at"])[0].startswith("gte.")
+    assert sorted(gets[0]["query"]["partition_date"]) == ["gte.2024-05-01", "lte.2024-05-01"]
+    assert store.ids_between_dates("gaming", DAY - timedelta(days=89), DAY) == {r["video_id"] for r in inside + before}
     # a project whose max-rows is below our page size: short pages are not the end
     fake.max_rows = 300
-    assert store.ids_between("gaming", T0, T0 + timedelta(seconds=1000)) == {r["video_id"] for r in inside[:1000]}
+    assert store.ids_between_dates("gaming", DAY, DAY + timedelta(days=1)) == {r["video_id"] for r in inside + after}
 
 
 def test_fake_caps_offset_pages_like_postgrest(fake, store):
@@ -170,8 +180,9 @@ def test_rows_round_trip(fake, store):
     recs, vectors = records(25, dim=16)
     recs[3]["collected_at"] = recs[3]["collected_at"] + timedelta(microseconds=654321)
     store.upsert(recs + records(4, niche="music", prefix="m", dim=16)[0])
-    frame, got = store.rows("gaming", T0, T0 + timedelta(hours=1))
+    frame, got = store.rows_between_dates("gaming", DAY, DAY)
     assert list(frame.columns) == COLUMNS and list(frame["video_id"]) == sorted(r["video_id"] for r in recs)
+    assert set(frame["partition_date"]) == {"2024-05-01"}
     assert got.dtype == np.float32 and got.shape == (25, 16)
     assert np.allclose(got, vectors, rtol=1e-7, atol=0)  # float32 survives pgvector's text form
     expected = pd.DataFrame(recs)
@@ -182,7 +193,7 @@ def test_rows_round_trip(fake, store):
         assert (frame[column][want.notna()] == want[want.notna()]).all()
     assert frame["view_count"].isna().sum() == sum(r["view_count"] is None for r in recs)
     assert frame.loc[1, "title"] == "title 1" and frame.loc[1, "views_per_hour"] == 1.25
-    empty, none = store.rows("gaming", T0 - timedelta(days=2), T0 - timedelta(days=1))
+    empty, none = store.rows_between_dates("gaming", DAY - timedelta(days=2), DAY - timedelta(days=1))
     assert empty.empty and list(empty.columns) == COLUMNS and none.shape[0] == 0
 
 
@@ -213,7 +224,7 @@ def test_wrong_key_fails_without_leaking_it(fake):
     with RestStore(fake.base_url, wrong, backoff_s=0.0) as bad:
         assert wrong not in repr(bad) and KEY not in repr(bad)
         for call in (lambda: bad.count("gaming"), lambda: bad.upsert(records(2)[0]),
-                     lambda: bad.ids_between("gaming", T0, T0 + timedelta(hours=1)),
+                     lambda: bad.ids_between_dates("gaming", DAY, DAY),
                      lambda: bad.match(np.ones(4, np.float32), "gaming", 3), lambda: bad.download("indexes", "x")):
             with pytest.raises(RestStoreError) as info:
                 call()
@@ -237,7 +248,7 @@ def test_transient_failures_are_retried(fake, store):
     assert store.count("gaming") == 6
     fake.fail_next(3, "503")  # retries=2: the third failure surfaces
     with pytest.raises(RestStoreError, match="HTTP 503.*PGRST000"):
-        store.ids_between("gaming", T0, T0 + timedelta(hours=1))
+        store.ids_between_dates("gaming", DAY, DAY)
     fake.fail_next(3, "drop")
     with pytest.raises(RestStoreError, match="RemoteProtocolError"):
         store.count("gaming")
@@ -248,11 +259,11 @@ def test_key_never_reaches_logs_or_urls(fake, store, caplog, tmp_path):
     recs, vectors = records(5)
     store.upsert(recs)
     store.count("gaming")
-    store.ids_between("gaming", T0, T0 + timedelta(hours=1))
-    store.rows("gaming", T0, T0 + timedelta(hours=1))
+    store.ids_between_dates("gaming", DAY, DAY)
+    store.rows_between_dates("gaming", DAY, DAY)
     store.match(vectors[0], "gaming", 2)
     store.reference_scores("gaming", 2, 5)
-    store.delete_older_than("gaming", T0)
+    store.delete_before("gaming", DAY)
     (tmp_path / "f.bin").write_bytes(b"abc")
     store.upload_file("indexes", "f.bin", tmp_path / "f.bin")
     fake.fail_next(1, "503")
@@ -312,15 +323,59 @@ def test_an_older_collection_never_rolls_a_row_back(fake, store):
     assert fake.table() == before
     in_filter = [r for r in fake.requests if r["method"] == "GET" and "video_id" in r["query"]]
     assert in_filter and in_filter[-1]["query"]["video_id"][0].startswith("in.(")
+    assert in_filter[-1]["query"]["select"] == ["video_id,partition_date,collected_at"]
+    # a late run of an older date: collected after the stored rows, but for an older partition
+    late, _ = records(4, start=T0 + timedelta(days=60), seed=3, day=DAY + timedelta(days=29))
+    store.upsert(late)
+    assert fake.table() == before
+    # a re-run of the same partition collected later wins; an earlier collection of it does not
+    rerun, _ = records(2, start=T0 + timedelta(days=30, hours=1), seed=4, day=DAY + timedelta(days=30))
+    store.upsert(rerun)
+    assert fake.table()["v00000"] != before["v00000"] and fake.table()["v00003"] == before["v00003"]
+    after_rerun = fake.table()
+    earlier, _ = records(2, start=T0 + timedelta(days=29), seed=5, day=DAY + timedelta(days=30))
+    store.upsert(earlier)
+    assert fake.table() == after_rerun
+
+
+def test_a_late_run_keeps_its_partition_date(fake, store):
+    from thumblab_dagster.lib.collections.thumbnails.sync import first_date
+
+    d = date(2024, 5, 1)
+    late, _ = records(3, start=T0 + timedelta(days=40), day=d)  # date D collected 40 days late
+    gone, _ = records(1, prefix="g", start=T0, day=d - timedelta(days=90))
+    store.upsert(late + gone)
+    assert {r["partition_date"] for r in fake.table().values()} == {"2024-05-01", "2024-02-01"}
+    window = date.fromisoformat(first_date(d.isoformat(), 90))
+    assert store.ids_between_dates("gaming", window, d) == {r["video_id"] for r in late}
+    assert store.delete_before("gaming", window) == 1
+    frame, _ = store.rows_between_dates("gaming", window, d)
+    assert list(frame["partition_date"]) == ["2024-05-01"] * 3
+
+
+def test_the_fake_speaks_postgrest_for_dates(fake, store):
+    store.upsert(records(2)[0])
+    url = f"{fake.base_url}/rest/v1/ref_thumbnails?select=video_id,partition_date"
+    auth = {"apikey": KEY, "Authorization": f"Bearer {KEY}"}
+    answer = httpx.get(url + "&partition_date=gte.2024-05-01&partition_date=lte.2024-05-01", headers=auth)
+    assert answer.json() == [{"video_id": "v00000", "partition_date": "2024-05-01"},
+                             {"video_id": "v00001", "partition_date": "2024-05-01"}]
+    assert httpx.get(url + "&partition_date=gt.2024-05-01", headers=auth).json() == []
+    answer = httpx.get(url + "&partition_date=gte.2024-13-01", headers=auth)
+    assert answer.status_code == 400 and answer.json()["code"] == "22007"
+    row = {k: v for k, v in fake.table()["v00000"].items() if k != "partition_date"}
+    answer = httpx.post(f"{fake.base_url}/rest/v1/ref_thumbnails", json=[dict(row, video_id="x")],
+                        headers={**auth, "Prefer": "resolution=merge-duplicates"})
+    assert answer.status_code == 400 and answer.json()["code"] == "23502"  # partition_date is not null
 
 
 def test_newest_model_reads_the_latest_row(fake, store):
     assert store.newest_model("gaming") is None
-    old, _ = records(3, start=T0)
+    old, _ = records(3, start=T0 + timedelta(days=5), day=DAY)  # a late run: collected last, for the oldest date
     new, _ = records(2, prefix="w", start=T0 + timedelta(days=1))
     for r in new:
         r["model"] = "ViT-L-14|openai"
     store.upsert(old + new)
     assert store.newest_model("gaming") == "ViT-L-14|openai"
     last = [r for r in fake.requests if r["method"] == "GET"][-1]["query"]
-    assert last["order"] == ["collected_at.desc"] and last["limit"] == ["1"]
+    assert last["order"] == ["partition_date.desc,collected_at.desc"] and last["limit"] == ["1"]

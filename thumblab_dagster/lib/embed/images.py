@@ -36,11 +36,22 @@ MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 
-
 CONTENT, TRANSPORT = "content", "transport"
 # Statuses that say "not now" rather than "not this": retried, and counted as transport failures.
 RETRY_LATER_STATUSES = frozenset({408, 429})
 MAX_BACKOFF_S = 30.0
+# A transport failure's innermost cause, in words (the first match wins: RemoteDisconnected is a reset).
+TIMED_OUT = "no answer in time"
+_CAUSES = (
+    ((TimeoutError, u3.TimeoutError, requests.Timeout), TIMED_OUT),
+    (RemoteDisconnected, "the server closed the connection without a response"),
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"),
+    (u3.NameResolutionError, "cannot resolve the host"),
+    ((IncompleteRead, u3.IncompleteRead), "the connection broke mid-response"),
+    (u3.NewConnectionError, "could not connect"),
+    (u3.ProtocolError, "the connection broke"),
+)
 
 
 class FetchError(Exception):
@@ -150,19 +161,6 @@ def transport_cause(exc: BaseException) -> str:
             if isinstance(error, types):
                 return words
     return type(seen).__name__
-
-
-TIMED_OUT = "no answer in time"
-_CAUSES = (
-    ((TimeoutError, u3.TimeoutError, requests.Timeout), TIMED_OUT),
-    (RemoteDisconnected, "the server closed the connection without a response"),
-    (ConnectionRefusedError, "connection refused"),
-    (ConnectionResetError, "connection reset"),
-    (u3.NameResolutionError, "cannot resolve the host"),
-    ((IncompleteRead, u3.IncompleteRead), "the connection broke mid-response"),
-    (u3.NewConnectionError, "could not connect"),
-    (u3.ProtocolError, "the connection broke"),
-)
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:

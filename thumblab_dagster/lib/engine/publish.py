@@ -1,23 +1,48 @@
-"""Publishing: a verified index directory copied to the flat layout a service loads.
+"""Publishing: a verified index directory becomes a name's published copy, changed as one set.
 
-``<root>/<name>.index`` + ``<name>_ids.npy`` (none for position ids) + ``<name>_<file>`` for
-every other file the manifest covers, and ``<name>_manifest.json`` written last (readers key
-on it).
+    <root>/.versions/<name>/v000002-<snapshot>/   one complete version: <name>.index, <name>_ids.npy
+                                                 (none for position ids), <name>_<file> for every other
+                                                 file the manifest covers, <name>_manifest.json; never
+                                                 modified once written
+    <root>/.versions/<name>/current               symlink -> v000002-<snapshot>, replaced in one step
+    <root>/<name>.index, <name>_ids.npy, ...,     the flat copy older readers load: hard links to the
+    <root>/<name>_manifest.json                  current version's files, the manifest replaced last
+
+A version is staged in full (fsynced), renamed into place, and only then made ``current``; a
+reader that resolves ``current`` once (``load_published``, the query side) loads the complete
+previous version or the complete new one, whenever a publish is killed. The flat files are then
+replaced one by one: a reader of those may meet a mix between two renames and refuses it by the
+manifest's checksums, as before. Each publish of a name first removes what a crashed one left
+(staged versions, temp links, versions never made current, older temp files of the flat copy)
+and, once the new version is current, every version but it and the previous one (a running
+reader may still be loading that). Files are ``mode`` (0644), directories ``dir_mode(mode)``.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from thumblab_dagster.lib.engine.files import sha256_file, write_json_atomic
+from thumblab_dagster.lib.engine.files import (
+    FILE_MODE,
+    dir_mode,
+    finish_tree,
+    fsync_dir,
+    fsync_file,
+    json_bytes,
+    locked,
+    remove_tree,
+    sha256_file,
+)
 from thumblab_dagster.lib.engine.index_dir import (
     INDEX_FILE,
+    MANIFEST_FILE,
     IndexIntegrityError,
     LoadedIndex,
     checksum_problems,
@@ -28,6 +53,10 @@ from thumblab_dagster.lib.engine.index_dir import (
 )
 from thumblab_dagster.lib.engine.manifest import Manifest
 
+VERSIONS_DIR = ".versions"
+CURRENT = "current"
+_VERSION = re.compile(r"^v(\d{6,})(?:-[A-Za-z0-9._-]*)?$")  # v<sequence>-<snapshot>
+
 
 @dataclass
 class PublishResult:
@@ -36,71 +65,80 @@ class PublishResult:
     paths: dict = field(default_factory=dict)
 
 
+# --- where a name's versions live ---------------------------------------------------------
+
+def versions_dir(publish_root: str | os.PathLike, name: str) -> Path:
+    return Path(publish_root) / VERSIONS_DIR / name
+
+
+def current_pointer(publish_root: str | os.PathLike, name: str) -> Path:
+    """The ``current`` symlink of a name (it may not exist: a root published before versions)."""
+    return versions_dir(publish_root, name) / CURRENT
+
+
+def resolve_current(pointer: str | os.PathLike) -> Path | None:
+    """The version directory ``pointer`` names, read once; None when there is none."""
+    pointer = Path(pointer)
+    try:
+        target = os.readlink(pointer)
+    except OSError:  # missing, or not a symlink
+        return None
+    directory = pointer.parent / target
+    return directory if _VERSION.match(target) and directory.is_dir() else None
+
+
+def current_version(publish_root: str | os.PathLike, name: str) -> Path | None:
+    return resolve_current(current_pointer(publish_root, name))
+
+
+def _sequence(path: Path) -> int:
+    return int(_VERSION.match(path.name).group(1))
+
+
+def _versions(store: Path) -> list[Path]:
+    return sorted((p for p in store.iterdir() if _VERSION.match(p.name) and not p.is_symlink()), key=_sequence) \
+        if store.is_dir() else []
+
+
+# --- publishing -----------------------------------------------------------------------------
+
 def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name: str,
-            snapshot: str) -> PublishResult:
-    """Copy a verified index directory to ``<root>/<name>.index`` + ``<name>_ids.npy`` (+ sidecars).
+            snapshot: str, mode: int = FILE_MODE) -> PublishResult:
+    """Make a verified index directory ``name``'s published copy (see the module's layout).
 
     ``snapshot`` orders builds (the partition date): an older build never replaces a newer
     one. Publishers of one name take turns (an exclusive lock beside the copy), so parallel
     backfill runs cannot interleave their files or let an older snapshot land last.
     """
     root = Path(publish_root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.publish.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return _publish_locked(index_dir, root, name, snapshot)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, dir_mode(mode))
+    with locked(root / f".{name}.publish.lock"):
+        return _publish_locked(Path(index_dir), root, name, snapshot, mode)
 
 
-def _publish_locked(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name: str,
-                    snapshot: str) -> PublishResult:
-    """Copy a verified index directory to ``<root>/<name>.index`` + ``<name>_ids.npy``.
-
-    ``snapshot`` orders builds (the partition date): an older build never replaces a newer
-    one. The new files are written in full beside the old ones, then swapped in by
-    ``os.replace``; the manifest goes last so a reader that checks it never accepts a mix.
-    """
-    index_dir, root = Path(index_dir), Path(publish_root)
+def _publish_locked(index_dir: Path, root: Path, name: str, snapshot: str, mode: int) -> PublishResult:
     manifest = read_manifest(index_dir)
     problems = checksum_problems(index_dir, manifest)
     if problems:
         raise IndexIntegrityError(f"not publishing {index_dir}: {'; '.join(problems)}")
-    names = published_names(name)
-    root.mkdir(parents=True, exist_ok=True)
-    current = root / names["manifest"]
-    if current.exists():
-        try:
-            current_snapshot = read_manifest(current).snapshot or ""
-        except IndexIntegrityError:
-            current_snapshot = ""  # a broken published manifest is replaced
-        if current_snapshot > snapshot:
-            return PublishResult(False, f"published copy is from {current_snapshot}, newer than {snapshot}")
     # Every file the manifest covers travels: re-rank vectors, percentile references, metadata.
     renamed = {file: published_name(name, file) for file in manifest.files}
-    staged = {}
-    try:
-        for file, target in renamed.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=root)
-            os.close(fd)
-            shutil.copyfile(index_dir / file, tmp)
-            staged[file] = Path(tmp)
-        pub_manifest = published_manifest(manifest, snapshot, index_dir, renamed)
-        for file, tmp in staged.items():
-            if sha256_file(tmp) != manifest.files[file].sha256:
-                raise IndexIntegrityError(f"copy of {file} to {root} does not match its checksum; "
-                                          "the published copy was left as it was")
-        # the index last among the data files, the manifest after everything: readers key on it
-        for file in sorted(staged, key=lambda f: f == INDEX_FILE):
-            os.replace(staged.pop(file), root / renamed[file])
-        write_json_atomic(current, pub_manifest.to_json())
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
+    clean_leftovers(root, name, also=renamed.values())
+    newest = published_snapshot(root, name)
+    if newest > snapshot:
+        return PublishResult(False, f"published copy is from {newest}, newer than {snapshot}")
+    store = _make_dirs(root / VERSIONS_DIR, name, mode)
+    previous = current_version(root, name)
+    version = _stage_version(index_dir, store, name, snapshot, manifest, renamed, mode)
+    _point_to(store, version.name)
+    _refresh_flat(version, root, store, name, [*renamed.values(), published_name(name, MANIFEST_FILE)], mode)
+    _prune(store, keep={version.name, previous.name if previous else ""})
+    names = published_names(name)
     return PublishResult(True, f"published {snapshot}",
                          {**{role: str(root / n) for role, n in names.items() if role != "ids" or not manifest.positions},
-                          **{file: str(root / n) for file, n in renamed.items()}})
+                          **{file: str(root / n) for file, n in renamed.items()}, "version": str(version)})
 
 
 def published_manifest(manifest: Manifest, snapshot: str, index_dir: Path, renamed: dict[str, str]) -> Manifest:
@@ -111,8 +149,127 @@ def published_manifest(manifest: Manifest, snapshot: str, index_dir: Path, renam
                             files={renamed[file]: entry.model_dump(mode="json") for file, entry in manifest.files.items()})
 
 
-def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True) -> LoadedIndex:
-    names = published_names(name)
-    root = Path(publish_root)
-    return load_files(root, names["index"], names["ids"], read_manifest(root / names["manifest"]), verify)
+def published_snapshot(publish_root: str | os.PathLike, name: str) -> str:
+    """The newest snapshot published for ``name``: its current version's or its flat copy's ("" for none
+    or a broken manifest, which is replaced)."""
+    manifest_name = published_names(name)["manifest"]
+    current = current_version(publish_root, name)
+    candidates = [Path(publish_root) / manifest_name] + ([current / manifest_name] if current else [])
+    snapshots = [""]
+    for path in candidates:
+        with contextlib.suppress(OSError, IndexIntegrityError):
+            snapshots.append(read_manifest(path).snapshot or "")
+    return max(snapshots)
 
+
+def _make_dirs(parent: Path, name: str, mode: int) -> Path:
+    """``parent/name`` and ``parent``, created readable (mkdir alone would follow the umask)."""
+    for directory in (parent, parent / name):
+        if not directory.is_dir():
+            directory.mkdir(exist_ok=True)
+            os.chmod(directory, dir_mode(mode))
+    return parent / name
+
+
+def _safe(snapshot: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", snapshot)[:64]
+
+
+def _stage_version(index_dir: Path, store: Path, name: str, snapshot: str, manifest: Manifest,
+                   renamed: dict[str, str], mode: int) -> Path:
+    """Copy, verify and fsync a complete version in a staging directory, then rename it into place."""
+    sequence = max(map(_sequence, _versions(store)), default=0) + 1
+    version = store / f"v{sequence:06d}-{_safe(snapshot)}"
+    staged = Path(tempfile.mkdtemp(prefix=f".{version.name}.", suffix=".tmp", dir=store))
+    try:
+        for file, target in renamed.items():
+            shutil.copyfile(index_dir / file, staged / target)
+            if sha256_file(staged / target) != manifest.files[file].sha256:
+                raise IndexIntegrityError(f"copy of {file} to {store} does not match its checksum; "
+                                          "the published copy was left as it was")
+        copy = published_manifest(manifest, snapshot, index_dir, renamed)
+        (staged / published_name(name, MANIFEST_FILE)).write_bytes(json_bytes(copy.to_json()))
+        finish_tree(staged, mode)
+        os.rename(staged, version)
+        fsync_dir(store)
+    finally:
+        remove_tree(staged)  # gone once renamed; a failed copy otherwise
+    return version
+
+
+def _point_to(store: Path, version: str) -> None:
+    """Replace ``current`` with a symlink to ``version`` in one step."""
+    link = store / f".{CURRENT}.{os.urandom(4).hex()}.tmp"
+    os.symlink(version, link)
+    os.replace(link, store / CURRENT)
+    fsync_dir(store)
+
+
+def _link_or_copy(source: Path, target: Path, mode: int) -> None:
+    """A hard link (no second copy on disk), or a copy where the filesystem refuses links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        os.chmod(target, mode)
+        fsync_file(target)
+
+
+def _refresh_flat(version: Path, root: Path, store: Path, name: str, files: list[str], mode: int) -> None:
+    """Replace the flat files by the version's: data files, the index last among them, the manifest
+    after everything (readers of the flat copy key on it)."""
+    manifest_name, index_name = published_name(name, MANIFEST_FILE), published_name(name, INDEX_FILE)
+    data = sorted((f for f in files if f != manifest_name), key=lambda f: f == index_name)
+    for file in [*data, manifest_name]:
+        if file == manifest_name:
+            fsync_dir(root)
+        temp = store / f".flat.{os.urandom(4).hex()}.tmp"  # beside the versions: cleaned with them
+        _link_or_copy(version / file, temp, mode)
+        os.replace(temp, root / file)
+    fsync_dir(root)
+
+
+def _prune(store: Path, keep: set[str]) -> list[str]:
+    """Remove every entry of ``store`` but ``current`` and the versions in ``keep``; the names removed."""
+    doomed = sorted(p for p in store.iterdir() if p.name != CURRENT and p.name not in keep) if store.is_dir() else []
+    for path in doomed:
+        remove_tree(path)
+    return [p.name for p in doomed]
+
+
+def clean_leftovers(publish_root: str | os.PathLike, name: str, also=()) -> list[str]:
+    """Remove what crashed publishes of ``name`` left; the names removed.
+
+    Under ``.versions/<name>/``: everything but ``current``, the version it names and the one
+    before it (staged versions, temp links, versions never made current). In the root: the temp
+    files of earlier releases (``.<published file>.XXXXXXXX.tmp``) of the flat files that the
+    flat manifest and ``also`` name.
+    """
+    root, store = Path(publish_root), versions_dir(publish_root, name)
+    current = current_version(root, name)
+    keep = set()
+    if current is not None:
+        keep.add(current.name)
+        older = [v for v in _versions(store) if _sequence(v) < _sequence(current)]
+        if older:
+            keep.add(older[-1].name)
+    removed = _prune(store, keep)
+    files = {*also, published_name(name, INDEX_FILE), published_name(name, MANIFEST_FILE)}
+    with contextlib.suppress(OSError, IndexIntegrityError):
+        files |= set(read_manifest(root / published_name(name, MANIFEST_FILE)).files)
+    temp = re.compile(rf"^\.(?:{'|'.join(map(re.escape, sorted(files)))})\.[a-z0-9_]{{8}}\.tmp$")
+    for path in sorted(p for p in root.iterdir() if temp.match(p.name)):
+        remove_tree(path)
+        removed.append(path.name)
+    return removed
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True, flat: bool = False) -> LoadedIndex:
+    """``name``'s published copy, verified: its current version (resolved once, so never a mix), or the
+    flat files where there is no version (a root published by an earlier release) or ``flat``."""
+    names = published_names(name)
+    directory = None if flat else current_version(publish_root, name)
+    directory = directory or Path(publish_root)
+    return load_files(directory, names["index"], names["ids"], read_manifest(directory / names["manifest"]), verify)

@@ -1,9 +1,10 @@
 """The query side: published indices, one per name, loaded once per version, searched and scored.
 
 ``ReferenceLibrary(root, spec)`` serves every name under ``root``, which may hold published copies
-(``<name>_manifest.json`` + ``<name>.index`` ...), versioned roots (``<name>/current``) or plain
-index directories (``<name>/manifest.json``, single or sharded). Each call looks at the name's
-manifest (one ``stat``); a new version is verified against its checksums and swapped in whole, so
+(read through ``.versions/<name>/current``, resolved once per load so a publish is never seen half
+done; else the flat ``<name>_manifest.json`` + ``<name>.index`` ...), versioned roots
+(``<name>/current``) or plain index directories (``<name>/manifest.json``, single or sharded). Each
+call looks at the name's manifest (one ``stat``); a new version is verified against its checksums and swapped in whole, so
 a reader is never handed a half-loaded index. A version that fails verification is refused and
 logged while the previous one keeps serving. The ``LibrarySpec`` says which names exist and what
 answers show; nothing here knows a collection, and nothing imports Dagster.
@@ -29,6 +30,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     published_names,
     read_manifest,
 )
+from thumblab_dagster.lib.engine.publish import VERSIONS_DIR, current_pointer, resolve_current
 from thumblab_dagster.lib.engine.versions import VersionedIndex
 from thumblab_dagster.lib.query.fallback import RemoteSearch, answer, remote_reference_count
 from thumblab_dagster.lib.query.results import (
@@ -93,9 +95,14 @@ class ReferenceLibrary:
                     found.add(path.name[:-len("_manifest.json")])
                 elif path.is_dir() and ((path / "current").exists() or (path / "manifest.json").exists()):
                     found.add(path.name)
+            if (self.root / VERSIONS_DIR).is_dir():
+                found |= {path.name for path in (self.root / VERSIONS_DIR).iterdir() if (path / "current").exists()}
         return list(self.spec.names) + sorted(found - set(self.spec.names))
 
     def _location(self, name: str) -> Location | None:
+        with_current = self._published(name)
+        if with_current.watch.exists():
+            return with_current
         published = self.root / published_names(name)["manifest"]
         if published.exists():
             return Location("published", published, self.root)
@@ -123,10 +130,10 @@ class ReferenceLibrary:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise self._unknown(name)
         # One stat per query in the common (published) case; no directory listing.
-        published = self.root / published_names(name)["manifest"]
+        location = self._published(name)
         try:
-            key, location = stat_key(published), Location("published", published, self.root)
-        except FileNotFoundError:
+            key = stat_key(location.watch)
+        except (FileNotFoundError, NotADirectoryError):
             location = self._location(name)
             if location is None:
                 if name not in self.spec.names:
@@ -191,7 +198,18 @@ class ReferenceLibrary:
                  f", replacing {old.version}" if old else "")
         return entry
 
+    def _published(self, name: str) -> Location:
+        """A published copy's current version: its manifest, watched through the ``current`` symlink
+        (a new version is a new file), and the symlink, resolved once when it loads."""
+        pointer = current_pointer(self.root, name)
+        return Location("current", pointer / published_names(name)["manifest"], pointer)
+
     def _manifest_path(self, location: Location) -> tuple[Path, Path]:
+        if location.kind == "current":
+            directory = resolve_current(location.root)
+            if directory is None:
+                raise FileNotFoundError(f"{location.root} names no version")
+            return directory / location.watch.name, directory
         if location.kind == "versioned":
             store = VersionedIndex(location.root)
             directory = store.path(store.current() or "")
@@ -318,7 +336,7 @@ class ReferenceLibrary:
             manifest = read_manifest(manifest_path)
         except (OSError, IndexIntegrityError) as exc:
             return {**info, "error": str(exc)}
-        index_path = file_path(directory, manifest, INDEX_FILE) if location.kind == "published" or \
+        index_path = file_path(directory, manifest, INDEX_FILE) if location.kind in ("published", "current") or \
             INDEX_FILE in manifest.get("files", {}) else manifest_path
         stat = index_path.stat() if index_path.exists() else None
         embedding = manifest.get("embedding") or {}

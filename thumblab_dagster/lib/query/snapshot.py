@@ -34,7 +34,7 @@ from thumblab_dagster.lib.query.spec import LibrarySpec
 
 @dataclass(frozen=True)
 class Location:
-    kind: str          # "published" | "versioned" | "directory"
+    kind: str          # "current" (a published version) | "published" (flat) | "versioned" | "directory"
     watch: Path        # the file whose change means "maybe a new version"
     root: Path
 
@@ -195,7 +195,7 @@ def load_snapshot(name: str, location: Location, version: str, manifest: Manifes
                   spec: LibrarySpec) -> Snapshot:
     start = time.perf_counter()
     before = _file_stats(directory, manifest)
-    if location.kind == "published":  # verifies checksums before faiss.read_index
+    if location.kind in ("published", "current"):  # verifies checksums before faiss.read_index
         names = published_names(name)
         loaded = load_files(directory, names["index"], names["ids"], manifest)
     else:

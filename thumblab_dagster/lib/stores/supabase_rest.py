@@ -14,7 +14,7 @@ import math
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +35,8 @@ from thumblab_dagster.lib.stores.supabase import (
     REFERENCE_FUNCTION,
     TABLE,
     TIMESTAMP_COLUMNS,
+    as_date,
+    newer_or_same,
     parse_vector,
     vector_literal,
 )
@@ -58,11 +60,13 @@ def _iso(value: datetime) -> str:
 
 
 def _json(value):
-    """A record value as PostgREST wants it: vectors in pgvector's text form, timestamps as ISO 8601."""
+    """A record value as PostgREST wants it: vectors in pgvector's text form, timestamps and dates as ISO 8601."""
     if isinstance(value, np.ndarray):
         return vector_literal(value)
     if isinstance(value, datetime):
         return _iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
@@ -145,9 +149,9 @@ class RestStore:
     # -- rows -------------------------------------------------------------------------------------------------
     def upsert(self, records: list[dict], batch_size: int = 500) -> int:
         # one statement per batch: Postgres refuses to update a row twice in it (21000), so the last record wins
-        unique = list({r["video_id"]: {k: _json(v) for k, v in r.items()} for r in records}.values())
+        unique = list({r["video_id"]: r for r in records}.values())
         for start in range(0, len(unique), batch_size):
-            batch = self._not_older(unique[start:start + batch_size])
+            batch = [{k: _json(v) for k, v in r.items()} for r in self._not_older(unique[start:start + batch_size])]
             if not batch:
                 continue
             # return=minimal: the representation would echo every embedding back
@@ -157,18 +161,17 @@ class RestStore:
         return len(unique)
 
     def _not_older(self, batch: list[dict]) -> list[dict]:
-        """Drop records older than the stored row: the newest collection wins, as in SqlStore's upsert
-        (PostgREST's upsert has no conditional update, so the stored times are read first)."""
+        """Drop records older than the stored row (``newer_or_same``, as SqlStore's upsert decides in SQL):
+        PostgREST's upsert has no conditional update, so the stored dates and times are read first."""
         ids = [r["video_id"] for r in batch]
-        query = self._table().select("video_id,collected_at").in_("video_id", ids)
-        stored = {row["video_id"]: pd.Timestamp(row["collected_at"])
+        query = self._table().select("video_id,partition_date,collected_at").in_("video_id", ids)
+        stored = {row["video_id"]: (as_date(row["partition_date"]), pd.Timestamp(row["collected_at"]))
                   for row in self._call(f"select from {TABLE}", query.execute).data}
-        return [r for r in batch if r["video_id"] not in stored or r["collected_at"] is None
-                or pd.Timestamp(r["collected_at"]) >= stored[r["video_id"]]]
+        return [r for r in batch if r["video_id"] not in stored or newer_or_same(r, *stored[r["video_id"]])]
 
-    def delete_older_than(self, niche: str, cutoff: datetime) -> int:
+    def delete_before(self, niche: str, first_date: date) -> int:
         query = (self._table().delete(count=CountMethod.exact, returning=ReturnMethod.minimal)
-                 .eq("niche", niche).lt("collected_at", _iso(cutoff)))
+                 .eq("niche", niche).lt("partition_date", as_date(first_date, "first_date").isoformat()))
         return self._count(self._call("retention delete", query.execute), "retention delete")
 
     def count(self, niche: str) -> int:
@@ -176,7 +179,8 @@ class RestStore:
         return self._count(self._call("count", query.execute), "count")
 
     def newest_model(self, niche: str) -> str | None:
-        query = self._table().select("model").eq("niche", niche).order("collected_at", desc=True).limit(1)
+        query = (self._table().select("model").eq("niche", niche).order("partition_date", desc=True)
+                 .order("collected_at", desc=True).limit(1))
         rows = self._call("newest model", query.execute).data
         return rows[0]["model"] if rows else None
 
@@ -185,26 +189,27 @@ class RestStore:
             raise RestStoreError(f"{what} on {self._host}: the response carried no row count")
         return int(response.count)
 
-    def _pages(self, what: str, columns: list[str], niche: str, start: datetime, end: datetime):
+    def _pages(self, what: str, columns: list[str], niche: str, first: date, last: date):
         """Keyset pages by video_id (stable under concurrent writes, unlike offsets) until an empty page: a
         short page proves nothing when the project's max-rows is below PAGE."""
-        last = None
+        first, last = as_date(first, "first").isoformat(), as_date(last, "last").isoformat()
+        after = None
         while True:
-            query = (self._table().select(*columns).eq("niche", niche).gte("collected_at", _iso(start))
-                     .lt("collected_at", _iso(end)))
-            if last is not None:
-                query = query.gt("video_id", last)
+            query = (self._table().select(*columns).eq("niche", niche).gte("partition_date", first)
+                     .lte("partition_date", last))
+            if after is not None:
+                query = query.gt("video_id", after)
             page = self._call(what, query.order("video_id").limit(PAGE).execute).data
             if not page:
                 return
             yield from page
-            last = page[-1]["video_id"]
+            after = page[-1]["video_id"]
 
-    def ids_between(self, niche: str, start: datetime, end: datetime) -> set[str]:
-        return {row["video_id"] for row in self._pages("ids_between", ["video_id"], niche, start, end)}
+    def ids_between_dates(self, niche: str, first: date, last: date) -> set[str]:
+        return {row["video_id"] for row in self._pages("ids_between_dates", ["video_id"], niche, first, last)}
 
-    def rows(self, niche: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, np.ndarray]:
-        rows = list(self._pages("rows", [*COLUMNS, "embedding"], niche, start, end))
+    def rows_between_dates(self, niche: str, first: date, last: date) -> tuple[pd.DataFrame, np.ndarray]:
+        rows = list(self._pages("rows", [*COLUMNS, "embedding"], niche, first, last))
         frame = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=COLUMNS)
         for column in TIMESTAMP_COLUMNS:  # Postgres drops zero fractions: the format varies row to row
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")

@@ -8,7 +8,7 @@ Nothing here imports Dagster.
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from thumblab_dagster.lib.stores.supabase import (
     REFERENCE_FUNCTION,
     TABLE,
     TIMESTAMP_COLUMNS,
+    as_date,
     render_schema,
 )
 
@@ -30,10 +31,10 @@ _ALL = [*COLUMNS, "embedding"]
 STATEMENT_TIMEOUT_MS = 60_000
 _UPSERT = (f"insert into {TABLE} ({', '.join(_ALL)}) values ({', '.join(['%s'] * len(_ALL))}) "
            f"on conflict (video_id) do update set " + ", ".join(f"{c} = excluded.{c}" for c in _ALL[1:])
-           # the newest collection wins: backfilling an old date must not roll rows back (and then
-           # let retention delete videos that are still in the live window)
-           + f" where {TABLE}.collected_at <= excluded.collected_at")
-_DIM_SQL = f"select atttypmod from pg_attribute where attrelid = to_regclass('{TABLE}') and attname = 'embedding'"
+           # the newest collection wins (supabase.newer_or_same): by partition date, then collection time
+           + f" where ({TABLE}.partition_date, {TABLE}.collected_at) <= (excluded.partition_date, excluded.collected_at)")
+_ATTRIBUTE_SQL = (f"select atttypmod, attnotnull from pg_attribute where attrelid = to_regclass('{TABLE}') "
+                  f"and attname = %s and not attisdropped")
 
 
 class StoreError(RuntimeError):
@@ -80,7 +81,10 @@ def _connect(db_url: str, connect_timeout_s: float, autocommit: bool = True) -> 
 
 
 def migrate(db_url: str, dim: int, connect_timeout_s: float = 10) -> dict:
-    """Apply ``render_schema(dim)`` in one transaction; idempotent; refuses a table of another dimension."""
+    """Apply ``render_schema(dim)`` in one transaction; idempotent; refuses a table of another dimension.
+
+    A table made before ``partition_date`` gets the column, filled from ``collected_at``'s Hobart day
+    (``backfilled``: how many rows; 0 when there was nothing to do)."""
     schema = render_schema(dim)
     where = _where(db_url)
     with _connect(db_url, connect_timeout_s, autocommit=False) as conn:
@@ -88,15 +92,20 @@ def migrate(db_url: str, dim: int, connect_timeout_s: float = 10) -> dict:
             with conn.transaction():
                 # two migrations at once would race on "if not exists": serialise them
                 conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [TABLE])
-                row = conn.execute(_DIM_SQL).fetchone()
+                row = conn.execute(_ATTRIBUTE_SQL, ["embedding"]).fetchone()
                 if row is not None and row[0] != dim:
                     raise ValueError(
                         f"{TABLE} at {where} holds {row[0]}-dimensional embeddings, not {dim}: use the model that "
                         f"filled it (--dim {row[0]}), or drop the table (losing its rows) and migrate again")
+                partition = conn.execute(_ATTRIBUTE_SQL, ["partition_date"]).fetchone()
+                to_fill = 0
+                if row is not None and not (partition and partition[1]):
+                    to_fill = conn.execute(f"select count(*) from {TABLE} where "
+                                           + ("partition_date is null" if partition else "true")).fetchone()[0]
                 conn.execute(schema)
         except psycopg.Error as err:
             raise StoreError(f"migration of {TABLE} at {where} failed: {_scrub(str(err), db_url)}") from err
-    return {"dim": dim, "created": row is None, "where": where}
+    return {"dim": dim, "created": row is None, "backfilled": to_fill, "where": where}
 
 
 class SqlStore:
@@ -156,21 +165,23 @@ class SqlStore:
 
         return self._call(f"upsert into {TABLE}", run) if records else 0
 
-    def delete_older_than(self, niche: str, cutoff: datetime) -> int:
-        sql = f"delete from {TABLE} where niche = %s and collected_at < %s"
-        return self._call("retention delete", lambda conn: conn.execute(sql, [niche, cutoff]).rowcount)
+    def delete_before(self, niche: str, first_date: date) -> int:
+        sql = f"delete from {TABLE} where niche = %s and partition_date < %s"
+        first = as_date(first_date, "first_date")
+        return self._call("retention delete", lambda conn: conn.execute(sql, [niche, first]).rowcount)
 
     def count(self, niche: str) -> int:
         sql = f"select count(*) from {TABLE} where niche = %s"
         return self._call("count", lambda conn: conn.execute(sql, [niche]).fetchone()[0])
 
     def newest_model(self, niche: str) -> str | None:
-        sql = f"select model from {TABLE} where niche = %s order by collected_at desc limit 1"
+        sql = f"select model from {TABLE} where niche = %s order by partition_date desc, collected_at desc limit 1"
         return self._call("newest_model", lambda conn: (conn.execute(sql, [niche]).fetchone() or [None])[0])
 
-    def ids_between(self, niche: str, start: datetime, end: datetime) -> set[str]:
-        sql = f"select video_id from {TABLE} where niche = %s and collected_at >= %s and collected_at < %s"
-        return self._call("ids_between", lambda conn: {r[0] for r in conn.execute(sql, [niche, start, end])})
+    def ids_between_dates(self, niche: str, first: date, last: date) -> set[str]:
+        sql = f"select video_id from {TABLE} where niche = %s and partition_date between %s and %s"
+        params = [niche, as_date(first, "first"), as_date(last, "last")]
+        return self._call("ids_between_dates", lambda conn: {r[0] for r in conn.execute(sql, params)})
 
     def match(self, vector: np.ndarray, niche: str, count: int) -> list[dict]:
         sql = f"select {', '.join(MATCH_COLUMNS)} from {MATCH_FUNCTION}(%s, %s, %s)"
@@ -183,13 +194,15 @@ class SqlStore:
         rows = self._call(REFERENCE_FUNCTION, lambda conn: conn.execute(sql, [niche, int(k), int(sample_size)]).fetchall())
         return np.array([r[0] for r in rows], dtype=np.float32)
 
-    def rows(self, niche: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, np.ndarray]:
-        sql = (f"select {', '.join(_ALL)} from {TABLE} where niche = %s and collected_at >= %s and collected_at < %s "
+    def rows_between_dates(self, niche: str, first: date, last: date) -> tuple[pd.DataFrame, np.ndarray]:
+        sql = (f"select {', '.join(_ALL)} from {TABLE} where niche = %s and partition_date between %s and %s "
                f"order by video_id")
-        rows = self._call("rows", lambda conn: conn.execute(sql, [niche, start, end]).fetchall())
+        params = [niche, as_date(first, "first"), as_date(last, "last")]
+        rows = self._call("rows", lambda conn: conn.execute(sql, params).fetchall())
         frame = pd.DataFrame([r[:-1] for r in rows], columns=COLUMNS)
         for column in TIMESTAMP_COLUMNS:  # UTC whatever the session's TimeZone
             frame[column] = pd.to_datetime(frame[column], utc=True)
+        frame["partition_date"] = frame["partition_date"].map(date.isoformat)  # as the REST store reads it
         # pgvector >= 0.4 loads a ``Vector``; older releases loaded numpy arrays directly
         vectors = [r[-1].to_numpy() if hasattr(r[-1], "to_numpy") else r[-1] for r in rows]
         vectors = np.stack(vectors).astype(np.float32, copy=False) if rows else np.zeros((0, 0), np.float32)

@@ -1,8 +1,13 @@
 """Supabase in the pipeline: the daily job against a real Postgres + pgvector (pgserver), the index
 built from the table, the remote fallback, and verified index uploads."""
 
+import contextlib
+from datetime import date as Date
+from datetime import timedelta
+
 import dagster as dg
 import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -19,6 +24,8 @@ from thumblab_dagster.defs.resources import (
     TrendingSourceResource,
 )
 from thumblab_dagster.defs.supabase.assets import SUPABASE_MIRROR_IN_SYNC
+from thumblab_dagster.lib.collections.thumbnails import sample_source
+from thumblab_dagster.lib.collections.thumbnails.niches import TIMEZONE
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote
 from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer, thumbnail_library
 from thumblab_dagster.lib.embed.clip import read_embeddings
@@ -27,6 +34,7 @@ from thumblab_dagster.lib.query import EmbeddingMismatchError
 from thumblab_dagster.lib.stores.supabase_sql import SqlStore, migrate
 from thumblab_dagster.lib.stores.upload import FsspecDestination, UploadError, upload_index_dir
 from thumblab_dagster_tests.fakes.libraries import clustered, publish_niche
+from thumblab_dagster_tests.fakes.supabase import FakeSupabaseServer
 
 D_OLD, D = "2026-08-01", "2026-11-19"   # D_OLD is outside D's 90-day window
 SECRET = "SECRET-db-password-42"
@@ -40,8 +48,8 @@ def secret_db_url(db_url, monkeypatch):
     return db_url
 
 
-def definitions(tmp_path, source="parquet"):
-    supabase = SupabaseResource(db_url=dg.EnvVar("TEST_SUPABASE_DB_URL"))
+def definitions(tmp_path, source="parquet", supabase=None):
+    supabase = supabase or SupabaseResource(db_url=dg.EnvVar("TEST_SUPABASE_DB_URL"))
     return build_definitions({
         "storage": StorageResource(data_root=str(tmp_path / "data")),
         "trending_source": TrendingSourceResource(max_results=12),   # the bundled sample: no network
@@ -70,7 +78,7 @@ def checks_of(result):
 def table(url):
     with psycopg.connect(url) as conn:
         return conn.execute("select video_id, niche, title, views_per_hour, collected_at, model, "
-                            "embedding::text from ref_thumbnails order by video_id").fetchall()
+                            "embedding::text, partition_date::text from ref_thumbnails order by video_id").fetchall()
 
 
 def test_daily_refresh_fills_the_table_keeps_it_clean_and_uploads_the_index(tmp_path, secret_db_url, capfd):
@@ -93,7 +101,7 @@ def test_daily_refresh_fills_the_table_keeps_it_clean_and_uploads_the_index(tmp_
         for video_id, vector in zip(frame["video_id"], vectors):
             stored = np.asarray(rows[video_id][6].strip("[]").split(","), dtype=np.float32)
             np.testing.assert_allclose(stored, vector, atol=1e-7)
-            assert rows[video_id][5] == "ViT-B-32|random-init"
+            assert rows[video_id][5] == "ViT-B-32|random-init" and rows[video_id][7] == D
 
         before = table(secret_db_url)
         again = run(defs, f"{D}|tech", instance)
@@ -128,6 +136,40 @@ def test_the_index_can_be_built_from_the_table_and_checked_against_it(tmp_path, 
     assert sorted(ids) == sorted(r[0] for r in table(secret_db_url) if r[1] == "gaming")
 
 
+@pytest.mark.parametrize("transport", ["postgres", "rest"])
+def test_a_late_run_keeps_its_partition_date_for_retention_the_window_and_the_mirror(tmp_path, db_url, monkeypatch,
+                                                                                      transport):
+    """Each date collected a day and a half late (as a run in the live API's grace day would be): the rows
+    carry the date of their partition, not of their run, wherever the table is read."""
+    on_time = sample_source.collection_time
+    monkeypatch.setattr(sample_source, "collection_time", lambda date: on_time(date) + timedelta(days=1, hours=9))
+    edge = (Date.fromisoformat(D) - timedelta(days=89)).isoformat()  # the window's first date: kept
+    with contextlib.ExitStack() as stack:
+        if transport == "rest":
+            fake = stack.enter_context(FakeSupabaseServer("sb_secret_late-run-key"))
+            supabase = SupabaseResource(url=fake.base_url, key="sb_secret_late-run-key")
+        else:
+            migrate(db_url, 512)
+            supabase = SupabaseResource(db_url=db_url)
+        defs = definitions(tmp_path, source="supabase", supabase=supabase)  # the index is built from the table
+        instance = stack.enter_context(dg.instance_for_test())
+        for day in (edge, D_OLD):
+            assert run(defs, f"{day}|tech", instance).success
+        result = run(defs, f"{D}|tech", instance)
+        assert result.success
+        synced = meta(result, "supabase_ref_thumbnails")
+        assert (synced["rows_upserted"], synced["rows_deleted"], synced["niche_total"]) == (12, 12, 24)  # D_OLD's
+        assert synced["retention_first_date"] == edge
+        assert checks_of(result)[SUPABASE_MIRROR_IN_SYNC] is True
+        built = meta(result, "niche_index")
+        assert built["ntotal"] == 24 and built["source"] == supabase.store().name
+        rows = [(r["partition_date"], r["collected_at"]) for r in fake.table().values()] if transport == "rest" \
+            else [(r[7], r[4]) for r in table(db_url)]
+        assert {day for day, _ in rows} == {edge, D}
+        hobart = [(day, pd.Timestamp(collected).tz_convert(TIMEZONE).date().isoformat()) for day, collected in rows]
+        assert all(collected > day for day, collected in hobart)  # every row collected after its partition's day
+
+
 def test_without_supabase_the_definitions_are_the_embedded_default():
     from thumblab_dagster.defs.resources import resources_from_env
 
@@ -141,8 +183,6 @@ def test_without_supabase_the_definitions_are_the_embedded_default():
 
 
 def test_a_missing_local_index_falls_back_to_the_table_and_says_so(tmp_path, db_url):
-    import pandas as pd
-
     from thumblab_dagster.lib.stores.supabase import to_records
 
     d = 32
@@ -152,7 +192,7 @@ def test_a_missing_local_index_falls_back_to_the_table_and_says_so(tmp_path, db_
     frame = pd.DataFrame({"video_id": ids, "niche": "tech", "title": ids, "views_per_hour": 1.0,
                           "collected_at": pd.Timestamp("2026-11-19T03:00Z")})
     with SqlStore(db_url) as store:
-        store.upsert(to_records(frame, vectors, "ViT-B-32|random-init"))
+        store.upsert(to_records(frame, vectors, "ViT-B-32|random-init", partition_date=D))
         remote = thumbnail_library(tmp_path / "empty", remote=SupabaseRemote(store))
         publish_niche(tmp_path / "pub", "tech", vectors, ids, snapshot=D)
         local = thumbnail_library(tmp_path / "pub")

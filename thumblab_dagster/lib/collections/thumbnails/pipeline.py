@@ -41,7 +41,7 @@ from thumblab_dagster.lib.engine.spec import IndexSpec, ReferenceSpec, SideIndex
 from thumblab_dagster.lib.engine.tune import verify_recall
 from thumblab_dagster.lib.engine.validate import AlignmentReport, check_alignment
 from thumblab_dagster.lib.query.snapshot import reference_count
-from thumblab_dagster.lib.settings import SETTING
+from thumblab_dagster.lib.settings import SETTING, load_settings
 
 _default_log = logging.getLogger(__name__)
 
@@ -361,8 +361,10 @@ def check_niche_recall(layout: DataLayout, niche: str, date: str, store=None) ->
     return verify_recall(loaded, window.vectors)
 
 
-def publish_niche_index(layout: DataLayout, niche: str, date: str) -> publishing.PublishResult:
-    return publishing.publish(layout.index_dir(niche, date), layout.published, niche, snapshot=date)
+def publish_niche_index(layout: DataLayout, niche: str, date: str, mode: int | None = None) -> publishing.PublishResult:
+    """Publish a niche's checked index as one set; files get ``mode`` (default THUMBLAB_PUBLISH_MODE, 0644)."""
+    mode = int(load_settings().publish_mode, 8) if mode is None else mode
+    return publishing.publish(layout.index_dir(niche, date), layout.published, niche, snapshot=date, mode=mode)
 
 
 # --- index_stats --------------------------------------------------------------------------

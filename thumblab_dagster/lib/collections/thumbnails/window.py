@@ -101,25 +101,25 @@ def day_bounds(first_date: str, last_date: str) -> tuple[datetime, datetime]:
 
 
 def load_window_from_store(store, niche: str, dates: list[str], newest: str) -> Window:
-    """The same window read from the shared store's table (rows collected within ``dates``).
+    """The same window read from the shared store's table (rows whose partition date is within ``dates``).
 
     A table already holds one row per video (upserts), so there is nothing to de-duplicate.
-    Rows embedded by another model than the newest row cannot share its index: they are left
-    out and counted in ``excluded_dates``.
+    Rows embedded by another model than the newest row (latest partition date, then collection
+    time) cannot share its index: they are left out and counted in ``excluded_dates``.
     """
     dates = sorted(set(dates) | {newest})
-    start, end = day_bounds(dates[0], newest)
-    frame, vectors = store.rows(niche, start, end)
+    frame, vectors = store.rows_between_dates(niche, Date.fromisoformat(dates[0]), Date.fromisoformat(newest))
     if not len(frame):
-        raise ValueError(f"{store.name} holds no {niche} rows collected {dates[0]}..{newest}: materialise "
+        raise ValueError(f"{store.name} holds no {niche} rows of partitions {dates[0]}..{newest}: materialise "
                          "supabase_ref_thumbnails for those dates first")
     collected = pd.to_datetime(frame["collected_at"], utc=True)
-    model = frame["model"].iloc[int(np.argmax(collected.to_numpy()))]
+    newest_row = frame.assign(collected=collected).sort_values(["partition_date", "collected"]).index[-1]
+    model = frame.at[newest_row, "model"]
     keep = (frame["model"] == model).to_numpy()
     excluded = {} if keep.all() else {"other models": f"{int((~keep).sum())} rows embedded with another model "
                                                       f"than {model}"}
     frame = frame.loc[keep].reset_index(drop=True)
-    frame["date"] = collected[keep].dt.tz_convert(TIMEZONE).dt.strftime("%Y-%m-%d").to_numpy()
+    frame["date"] = frame["partition_date"].astype(str)
     vectors = np.ascontiguousarray(vectors[keep], dtype=np.float32)
     used = sorted(frame["date"].unique())
     return Window(ids=frame["video_id"].astype(str).tolist(), vectors=vectors,
