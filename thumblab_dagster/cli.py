@@ -271,8 +271,10 @@ def supabase_migrate(dim):
         result = migrate(db_url, dim)
     except (ValueError, RuntimeError) as exc:
         fail(str(exc))
-    click.echo(f"ref_thumbnails (vector({dim})) {'created' if result.get('created') else 'is up to date'}; "
-               "match_ref_thumbnails and ref_thumbnails_reference_scores in place")
+    state = "created" if result.get("created") else (f"upgraded: partition_date filled for {result['backfilled']:,} rows"
+                                                     if result.get("backfilled") else "is up to date")
+    click.echo(f"ref_thumbnails (vector({dim})) {state}; match_ref_thumbnails and ref_thumbnails_reference_scores "
+               "in place")
 
 
 if __name__ == "__main__":

@@ -111,8 +111,13 @@ def run_demo(date: str | None = None, niches=NICHES) -> tuple[str, list[NicheSum
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     from thumblab_dagster.definitions import build_definitions
+    from thumblab_dagster.defs.resources import ThumbnailFetchResource, resources_from_env
 
-    defs = build_definitions()
+    # In-process runs sleep through a RetryPolicy's delay (minutes): the demo fails at once and says why.
+    resources = resources_from_env()
+    fetch = resources["thumbnail_fetch"]
+    resources["thumbnail_fetch"] = ThumbnailFetchResource(**{**fetch.model_dump(), "retry_later": False})
+    defs = build_definitions(resources)
 
     date = date or today_in_hobart()
     job = defs.resolve_job_def("daily_refresh")

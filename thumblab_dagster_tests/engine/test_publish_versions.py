@@ -39,7 +39,7 @@ def modes(root: Path) -> dict[str, int]:
     """Every file and directory under ``root`` (root included, symlinks left out) -> its permission bits."""
     out = {".": stat.S_IMODE(root.stat().st_mode)}
     for path in root.rglob("*"):
-        if not path.is_symlink() and not path.name.endswith(".lock"):
+        if not path.is_symlink():
             out[str(path.relative_to(root))] = stat.S_IMODE(path.stat().st_mode)
     return out
 
@@ -101,7 +101,8 @@ def test_published_files_are_0644_and_directories_0755_whatever_the_umask(tmp_pa
     published = modes(tmp_path / "pub")
     assert {m for p, m in published.items() if (tmp_path / "pub" / p).is_dir()} == {0o755}
     assert {m for p, m in published.items() if (tmp_path / "pub" / p).is_file()} == {0o644}
-    assert len(published) == 1 + 4 + 2 + 1 + 4  # root, flat files, .versions/main, the version and its files
+    # root, its lock, the flat files, .versions/main, the version and its files
+    assert len(published) == 1 + 1 + 4 + 2 + 1 + 4
     built = modes(index)
     assert built == {".": 0o755, "index.faiss": 0o644, "ids.npy": 0o644, "metadata.parquet": 0o644,
                      "manifest.json": 0o644}

@@ -24,7 +24,7 @@ def supabase_defs() -> tuple[list, list]:
     """(assets, checks): supabase_ref_thumbnails and its supabase_mirror_in_sync check."""
 
     @dg.asset(partitions_def=thumbnail_partitions, group_name=GROUP, deps=["thumbnail_embeddings"],
-              kinds={"supabase", "postgres"}, owners=OWNERS, tags=TAGS, code_version="1")
+              kinds={"supabase", "postgres"}, owners=OWNERS, tags=TAGS, code_version="2")  # 2: rows carry partition_date
     def supabase_ref_thumbnails(context: dg.AssetExecutionContext, storage: StorageResource,
                                 supabase: SupabaseResource) -> dg.MaterializeResult:
         """The partition's embedded rows upserted into Supabase's ref_thumbnails; rows past retention deleted."""

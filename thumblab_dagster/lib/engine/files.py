@@ -61,9 +61,11 @@ def finish_tree(directory: Path, file_mode: int = FILE_MODE) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_file: str | os.PathLike) -> Iterator[None]:
-    """An exclusive lock on ``lock_file`` (created, never removed: removing lock files races)."""
+def locked(lock_file: str | os.PathLike, mode: int = FILE_MODE) -> Iterator[None]:
+    """An exclusive lock on ``lock_file`` (created with ``mode``, never removed: removing lock files races)."""
     with open(lock_file, "a+b") as lock:
+        with contextlib.suppress(OSError):  # another user's lock file keeps its mode
+            os.fchmod(lock.fileno(), mode)
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -154,15 +156,35 @@ def remove_tree(path: str | os.PathLike) -> None:
             path.unlink()
 
 
+def _abandoned(path: Path) -> bool:
+    """Whether no live builder holds ``path`` (``_staging`` locks its directory for its lifetime; the
+    kernel drops the lock when the process dies, kill -9 included). Where locks are not supported,
+    assume it was abandoned."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def clean_dir_leftovers(target: str | os.PathLike) -> list[str]:
-    """Remove what crashed swaps of ``target`` left beside it; the names removed.
+    """Remove what crashed swaps of ``target`` left beside it (not a live builder's); the names removed.
 
     Where a swap without ``exchange`` was killed between its renames, ``target`` is missing and
     its old directory is moved aside: that one is put back first.
     """
     target = Path(target)
     pattern = _leftovers_pattern(target.name)
-    doomed = sorted(p for p in target.parent.iterdir() if pattern.match(p.name)) if target.parent.is_dir() else []
+    doomed = sorted(p for p in target.parent.iterdir() if pattern.match(p.name) and _abandoned(p)) \
+        if target.parent.is_dir() else []
     aside = sorted((p for p in doomed if ".old-" in p.name), key=lambda p: p.stat().st_mtime_ns)
     if aside and not os.path.lexists(target):
         os.rename(aside[-1], target)
@@ -170,6 +192,24 @@ def clean_dir_leftovers(target: str | os.PathLike) -> list[str]:
     for path in doomed:
         remove_tree(path)
     return [p.name for p in doomed]
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A new empty directory beside ``target``, locked (``_abandoned``) until the context ends."""
+    while True:
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        fd = os.open(staged, os.O_RDONLY)
+        with contextlib.suppress(OSError):  # no locks here: nothing to hold
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            if os.stat(staged).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # another builder's cleanup took it between mkdtemp and the lock: take another
+    try:
+        yield staged
+    finally:
+        os.close(fd)
 
 
 def swap_in(staged: Path, target: Path) -> None:
@@ -198,15 +238,14 @@ def atomic_dir(target: str | os.PathLike, mode: int = FILE_MODE) -> Iterator[Pat
 
     A failed build never leaves a half-filled directory under the final name, and a replaced
     ``target`` is never missing: the complete old directory stays there until the new one is
-    swapped in (``swap_in``), then it is deleted. Builders of one target take turns (a lock file
-    ``.<name>.lock`` beside it); each first removes what a crashed builder left (``.<name>.*.tmp``,
-    ``.<name>.old-*``). Files get ``mode``, directories ``dir_mode(mode)``.
+    swapped in (``swap_in``), then it is deleted. Each build first removes what crashed builds of
+    ``target`` left (``.<name>.*.tmp``, ``.<name>.old-*``), never a live one's (each holds a lock
+    on its staging directory). Files get ``mode``, directories ``dir_mode(mode)``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with locked(target.parent / f".{target.name}.lock"):
-        clean_dir_leftovers(target)
-        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    clean_dir_leftovers(target)
+    with _staging(target) as staged:
         try:
             yield staged
             finish_tree(staged, mode)

@@ -114,7 +114,7 @@ def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name:
     if not root.is_dir():
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, dir_mode(mode))
-    with locked(root / f".{name}.publish.lock"):
+    with locked(root / f".{name}.publish.lock", mode):
         return _publish_locked(Path(index_dir), root, name, snapshot, mode)
 
 

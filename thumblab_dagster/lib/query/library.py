@@ -4,10 +4,10 @@
 (read through ``.versions/<name>/current``, resolved once per load so a publish is never seen half
 done; else the flat ``<name>_manifest.json`` + ``<name>.index`` ...), versioned roots
 (``<name>/current``) or plain index directories (``<name>/manifest.json``, single or sharded). Each
-call looks at the name's manifest (one ``stat``); a new version is verified against its checksums and swapped in whole, so
-a reader is never handed a half-loaded index. A version that fails verification is refused and
-logged while the previous one keeps serving. The ``LibrarySpec`` says which names exist and what
-answers show; nothing here knows a collection, and nothing imports Dagster.
+call looks at the name's manifest (one ``stat``); a new version is verified against its checksums
+and swapped in whole, so a reader is never handed a half-loaded index. A version that fails
+verification is refused and logged while the previous one keeps serving. The ``LibrarySpec`` says
+which names exist and what answers show; nothing here knows a collection, and nothing imports Dagster.
 """
 
 from __future__ import annotations

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date as Date
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
-from thumblab_dagster.lib.collections.thumbnails.niches import TIMEZONE
 from thumblab_dagster.lib.embed.clip import info_from_label, read_embeddings, read_title_embeddings
 
 log = logging.getLogger(__name__)
@@ -90,14 +88,6 @@ def load_window(layout: DataLayout, niche: str, dates: list[str], newest: str) -
     return Window(ids=frame["video_id"].astype(str).tolist(), vectors=vectors, metadata=metadata,
                   embedding=ref_info, dates_used=used, missing_dates=missing, excluded_dates=excluded,
                   title_vectors=titles)
-
-
-def day_bounds(first_date: str, last_date: str) -> tuple[datetime, datetime]:
-    """[midnight of ``first_date``, midnight after ``last_date``) in Hobart, as aware datetimes."""
-    zone = ZoneInfo(TIMEZONE)
-    start = datetime.combine(Date.fromisoformat(first_date), datetime.min.time(), zone)
-    end = datetime.combine(Date.fromisoformat(last_date) + timedelta(days=1), datetime.min.time(), zone)
-    return start, end
 
 
 def load_window_from_store(store, niche: str, dates: list[str], newest: str) -> Window:
