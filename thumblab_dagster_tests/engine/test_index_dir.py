@@ -1,22 +1,10 @@
-import faiss
 import numpy as np
 import pandas as pd
 import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine import publish as publishing
-
-
-def unit(n, d=16, seed=0):
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def flat(vectors):
-    """An exact inner-product index over ``vectors``, row order kept."""
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return index
+from thumblab_dagster_tests.engine.vectors import flat, unit
 
 
 def build(tmp_path, n=50, name="idx", snapshot="2026-11-01"):

@@ -2,8 +2,6 @@
 
 import json
 
-import faiss
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,18 +9,7 @@ from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster.lib.engine.manifest import Manifest, read_manifest
 from thumblab_dagster.lib.engine.validate import validate_index_dir
-
-
-def unit(n, d=16, seed=0):
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def flat(vectors):
-    """An exact inner-product index over ``vectors``, row order kept."""
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return index
+from thumblab_dagster_tests.engine.vectors import flat, unit
 
 
 @pytest.fixture

@@ -16,15 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import faiss
-import numpy as np
-import pandas as pd
 import pytest
 
 from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster.lib.engine.files import clean_dir_leftovers
 from thumblab_dagster.lib.query import LibrarySpec, ReferenceLibrary
+from thumblab_dagster_tests.engine.vectors import write_small_index
 
 N, D = 64, 8
 NAME = "main"
@@ -123,14 +121,7 @@ def killer():
 
 
 def build(target: Path, version: tuple[str, str], seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    vectors = rng.normal(size=(N, D)).astype(np.float32)
-    index = faiss.IndexFlatIP(D)
-    index.add(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    ids = [f"{version[0]}-{i}" for i in range(N)]
-    vi.write_index_dir(target, index, ids, factory="Flat", metric="inner_product",
-                       metadata=pd.DataFrame({"item_id": ids}), id_column="item_id")
-    return target
+    return write_small_index(target, version[0], seed, N, D)
 
 
 def which(ids, snapshot: str | None = None) -> tuple[str, str]:

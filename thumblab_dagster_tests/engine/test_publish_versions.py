@@ -8,9 +8,6 @@ import shutil
 import stat
 from pathlib import Path
 
-import faiss
-import numpy as np
-import pandas as pd
 import pytest
 
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
@@ -20,19 +17,13 @@ from thumblab_dagster.lib.engine import publish as publishing
 from thumblab_dagster.lib.engine.files import dir_mode
 from thumblab_dagster.lib.query import LibrarySpec, ReferenceLibrary
 from thumblab_dagster.lib.settings import SettingsError, load_settings
+from thumblab_dagster_tests.engine.vectors import write_small_index
 
 N, D = 40, 8
 
 
 def build(target: Path, prefix: str, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    vectors = rng.normal(size=(N, D)).astype(np.float32)
-    index = faiss.IndexFlatIP(D)
-    index.add(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    ids = [f"{prefix}-{i}" for i in range(N)]
-    vi.write_index_dir(target, index, ids, factory="Flat", metric="inner_product",
-                       metadata=pd.DataFrame({"item_id": ids}), id_column="item_id")
-    return target
+    return write_small_index(target, prefix, seed, N, D)
 
 
 def modes(root: Path) -> dict[str, int]:

@@ -1,6 +1,5 @@
 import json
 
-import faiss
 import numpy as np
 import pandas as pd
 from click.testing import CliRunner
@@ -8,18 +7,7 @@ from click.testing import CliRunner
 from thumblab_dagster.cli import main
 from thumblab_dagster.lib.engine import index_dir as vi
 from thumblab_dagster.lib.engine.validate import check_alignment, validate_index_dir
-
-
-def unit(n, d=16, seed=0):
-    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def flat(vectors):
-    """An exact inner-product index over ``vectors``, row order kept."""
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return index
+from thumblab_dagster_tests.engine.vectors import flat, unit
 
 
 def build(directory, n=50):
