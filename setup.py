@@ -26,6 +26,7 @@ setup(
         "matplotlib>=3.8",
         "click>=8.1",
         "fastapi>=0.110",
+        "fastapi-offline>=1.7",
         "uvicorn>=0.29",
         "certifi>=2023.7",
         "pydantic>=2.5",

@@ -180,6 +180,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fetch_max_bytes", "THUMBLAB_FETCH_MAX_BYTES", int, 5 * 1024 * 1024, target="(service)", ge=1,
             allowed="a positive whole number of bytes such as 5242880",
             doc="size cap for thumbnails fetched by `/v1/score`"),
+    Setting("max_body_bytes", "THUMBLAB_MAX_BODY_BYTES", int, 65536, target="(service)", ge=1,
+            allowed="a positive whole number of bytes such as 65536",
+            doc="size cap for a request body to the service: a larger one is a 413, refused before it is parsed"),
     # --- Supabase (optional) ---
     Setting("supabase_db_url", "SUPABASE_DB_URL", str, None, secret=True, section=SUPABASE, target="supabase.db_url",
             shown_default="unset",

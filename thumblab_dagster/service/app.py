@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -27,12 +28,15 @@ from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy, fetch_untrus
 from thumblab_dagster.lib.query.results import EmbeddingMismatchError, IndexUnavailable, ScoreResult
 from thumblab_dagster.lib.query.spec import NAME_PATTERN
 from thumblab_dagster.lib.settings import SETTING, SettingsError, load_settings
+from thumblab_dagster.service.docs import serve_offline_docs
+from thumblab_dagster.service.guard import BodyGuard, ValidationErrors, text, validation_error
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = SETTING["internal_token"].env
 MAX_THUMBNAILS = 10
 SIMILAR_K = 5
+MAX_TITLE_CHARS = 300  # YouTube's own limit is 100; room for other platforms, not for a payload
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ServiceSettings:
     clip_device: str = SETTING["clip_device"].default
     internal_token: str | None = field(default=None, repr=False)  # a secret: never logged or shown
     min_references: int = SETTING["min_references"].default  # fewer: a percentile is flagged not confident
+    max_body_bytes: int = SETTING["max_body_bytes"].default  # a larger request body is a 413, never parsed
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     supabase: SupabaseSettings = field(default_factory=SupabaseSettings)  # the fallback, when configured
 
@@ -58,22 +63,38 @@ class ServiceSettings:
                    clip_model=settings.clip_model, clip_pretrained=settings.clip_pretrained,
                    clip_device=settings.clip_device, internal_token=settings.internal_token,
                    fetch=FetchPolicy.from_env(settings=settings), supabase=supabase,
-                   min_references=settings.min_references)
+                   min_references=settings.min_references, max_body_bytes=settings.max_body_bytes)
 
 
 # --- the wire format (this is also the OpenAPI schema) -------------------------------------
 
+# Every string is a ``text``: a lone surrogate is a 422 naming the field, not a 500 on the way out.
+ThumbnailId = text(min_length=1, max_length=200)
+Url = text(min_length=1, max_length=2048)
+Title = text(max_length=MAX_TITLE_CHARS)
+Category = text(max_length=64, pattern=NAME_PATTERN.pattern)
+
+EXAMPLE_THUMBNAIL = "https://i.ytimg.com/vi/dQw4w9WgXcQ/hqdefault.jpg"
+EXAMPLE_TITLE = "I built a mechanical keyboard from scratch"
+
+
 class ThumbnailIn(BaseModel):
-    id: str = Field(min_length=1, max_length=200, description="The caller's id for this thumbnail.")
-    url: str = Field(min_length=1, max_length=2048, description="http(s) URL of the image (fetched by the service).")
+    id: ThumbnailId = Field(description="The caller's id for this thumbnail.", examples=["upload-1"])
+    url: Url = Field(description="http(s) URL of the image (fetched by the service).", examples=[EXAMPLE_THUMBNAIL])
 
 
 class ScoreRequest(BaseModel):
-    title: str | None = Field(default=None, max_length=1000, description="The video title, scored with CLIP's text tower.")
-    thumbnails: list[ThumbnailIn] = Field(min_length=1, max_length=MAX_THUMBNAILS)
-    category: str = Field(default="tech", max_length=64, pattern=NAME_PATTERN.pattern,
-                          description="The niche to compare with (an unknown niche is scored 50.0, with a reason).",
-                          examples=["tech"])
+    title: Title | None = Field(default=None, examples=[EXAMPLE_TITLE],
+                                description=f"The video title, scored with CLIP's text tower (at most "
+                                            f"{MAX_TITLE_CHARS} characters).")
+    thumbnails: list[ThumbnailIn] = Field(min_length=1, max_length=MAX_THUMBNAILS,
+                                          examples=[[{"id": "upload-1", "url": EXAMPLE_THUMBNAIL}]])
+    category: Category = Field(default="tech", examples=["tech"],
+                               description="The niche to compare with (an unknown niche is scored 50.0, with a reason).")
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"title": EXAMPLE_TITLE, "category": "tech",
+         "thumbnails": [{"id": "upload-1", "url": EXAMPLE_THUMBNAIL}]}]}}
 
 
 class Percentile(BaseModel):
@@ -156,7 +177,10 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
     app = FastAPI(title="Thumbnail Lab scoring service", version="1",
                   description="How does a thumbnail compare with what is trending in its niche? Similarity "
                               "percentiles and similar references from the published FAISS indices.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    serve_offline_docs(app)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description=f"The token set in {TOKEN_ENV}.")
 
     @app.get("/health", response_model=Health, summary="Model and indices loaded")
@@ -180,7 +204,10 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
                               similar=[SimilarReference(**s) for s in result.similar])
 
     @app.post("/v1/score", response_model=ScoreResponse, summary="Score thumbnails (and a title) against a niche",
-              responses={503: {"description": "The loaded model differs from the one the niche was built with."}})
+              responses={413: {"description": "The body is over THUMBLAB_MAX_BODY_BYTES."},
+                         422: {"model": ValidationErrors, "description": "The body does not match the schema: "
+                               "each error's field path and message (never the value sent)."},
+                         503: {"description": "The loaded model differs from the one the niche was built with."}})
     def score(request: ScoreRequest) -> ScoreResponse:
         scorer: UploadScorer = state["scorer"]
         try:

@@ -1,87 +1,14 @@
 """The scoring service through a real uvicorn server on loopback, thumbnails from a loopback server."""
 
-import contextlib
-import http.server
-import io
 import socket
-import threading
 
-import numpy as np
 import pytest
 import requests
-import uvicorn
 
-from thumblab_dagster.lib.collections.thumbnails.sample_source import render_thumbnail
-from thumblab_dagster.lib.embed.clip import embed_images, embed_texts, load_clip
 from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
 from thumblab_dagster.service.app import ServiceSettings, create_app
 from thumblab_dagster_tests.fakes.libraries import clustered, publish_niche
-
-TOKEN = "internal-test-token-123"
-N = 30
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` under a real uvicorn server on a loopback port (requests queue until it is up)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
-
-
-class ImageHandler(http.server.BaseHTTPRequestHandler):
-    png = b""
-
-    def do_GET(self):
-        body, ctype = (self.png, "image/png") if self.path.startswith("/thumb") else (b"<html>hi</html>", "text/html")
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return load_clip("ViT-B-32", "none", "cpu")
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory, clip):
-    """A published tech niche of real CLIP embeddings, the service over it, and an image server."""
-    root = tmp_path_factory.mktemp("service")
-    ids = [f"vid{i:03d}" for i in range(N)]
-    images = [render_thumbnail("tech", vid) for vid in ids]
-    titles = embed_texts(clip, [f"title of {vid}" for vid in ids])
-    publish_niche(root / "pub", "tech", embed_images(clip, images), ids, snapshot="2026-11-21",
-                  titles=titles, embedding=clip.weights.as_dict(),
-                  views_per_hour=np.linspace(10, 1000, N))
-    buf = io.BytesIO()
-    images[3].save(buf, format="PNG")
-    ImageHandler.png = buf.getvalue()
-    images_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageHandler)
-    threading.Thread(target=images_server.serve_forever, daemon=True).start()
-    settings = ServiceSettings(publish_dir=str(root / "pub"), internal_token=TOKEN,
-                               fetch=FetchPolicy(allowed_private=("127.0.0.1",)))
-    with serving(create_app(settings, clip=clip)) as base:
-        yield base, f"http://127.0.0.1:{images_server.server_address[1]}", ids
-    images_server.shutdown()
-
-
-def score(base, body):
-    return requests.post(f"{base}/v1/score", json=body, timeout=60)
+from thumblab_dagster_tests.service.server import TOKEN, N, score, serving
 
 
 def test_health_reports_model_and_loaded_niches(service):
