@@ -25,7 +25,9 @@ from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer, th
 from thumblab_dagster.lib.embed import clip as embedding
 from thumblab_dagster.lib.embed.images import FetchError
 from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy, fetch_untrusted_image
+from thumblab_dagster.lib.query.library import Pinned
 from thumblab_dagster.lib.query.results import EmbeddingMismatchError, IndexUnavailable, ScoreResult
+from thumblab_dagster.lib.query.snapshot import Snapshot
 from thumblab_dagster.lib.query.spec import NAME_PATTERN
 from thumblab_dagster.lib.settings import SETTING, SettingsError, load_settings
 from thumblab_dagster.service.docs import serve_offline_docs
@@ -130,6 +132,8 @@ class ThumbnailScore(BaseModel):
 
 class ScoreResponse(BaseModel):
     category: str
+    version: str | None = Field(default=None, description="The one version of the niche's index every part of "
+                                "this answer came from (null when no local index answered).")
     title: Percentile | None = None
     thumbnails: list[ThumbnailScore]
 
@@ -149,6 +153,14 @@ def _percentile(result: ScoreResult) -> Percentile:
     return Percentile(percentile=result.percentile, source=result.source, reason=result.reason,
                       is_default=result.is_default, score=result.score, version=result.version, k=result.k,
                       reference_count=result.reference_count, confident=result.confident)
+
+
+def _niche_health(snapshot: Snapshot | None, info: dict) -> dict:
+    """A niche's version and size from one place: the loaded snapshot, else its manifest."""
+    if snapshot is not None:
+        return {"exists": info["exists"], "loaded": True, "version": snapshot.version,
+                "num_vectors": snapshot.ntotal}
+    return {"exists": info["exists"], "loaded": False, "version": info["version"], "num_vectors": info["num_vectors"]}
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -186,20 +198,18 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
     @app.get("/health", response_model=Health, summary="Model and indices loaded")
     def health() -> Health:
         weights = state["clip"].weights
-        stats = library.cache_stats()
-        niches = {n: {"exists": i["exists"], "loaded": n in stats["versions"], "version": stats["versions"].get(n),
-                      "num_vectors": i["num_vectors"]} for n, i in library.index_info().items()}
+        niches = {n: _niche_health(library.serving(n), info) for n, info in library.index_info().items()}
         return Health(status="ok", model={"name": weights.model, "weights": weights.pretrained,
                                           "weights_loaded": weights.loaded, "loaded": True, "dim": state["clip"].dim},
                       niches=niches)
 
-    def score_one(scorer: UploadScorer, thumb: ThumbnailIn, niche: str) -> ThumbnailScore:
+    def score_one(scorer: UploadScorer, thumb: ThumbnailIn, niche: str, pinned: Pinned) -> ThumbnailScore:
         try:
             image = fetch_untrusted_image(thumb.url, settings.fetch)
         except FetchError as exc:
             log.info("thumbnail %s not scored: %s", thumb.id, exc)
             return ThumbnailScore(id=thumb.id, ok=False, error=f"could not fetch the thumbnail: {exc}")
-        result = scorer.score_image(image, niche, similar_k=SIMILAR_K)
+        result = scorer.score_image(image, niche, similar_k=SIMILAR_K, pinned=pinned)
         return ThumbnailScore(id=thumb.id, ok=True, similarity=_percentile(result.percentile),
                               similar=[SimilarReference(**s) for s in result.similar])
 
@@ -210,15 +220,20 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
                          503: {"description": "The loaded model differs from the one the niche was built with."}})
     def score(request: ScoreRequest) -> ScoreResponse:
         scorer: UploadScorer = state["scorer"]
+        pinned = scorer.pin(request.category)  # one version for every part, even if a publish lands meanwhile
         try:
-            scorer.check_model(request.category)
-            thumbs = list(state["pool"].map(lambda t: score_one(scorer, t, request.category), request.thumbnails))
+            scorer.check_model(request.category, pinned)
+            thumbs = list(state["pool"].map(lambda t: score_one(scorer, t, request.category, pinned),
+                                            request.thumbnails))
             title = None
             if request.title and request.title.strip():
-                title = _percentile(scorer.score_title(request.title.strip(), request.category))
+                title = _percentile(scorer.score_title(request.title.strip(), request.category, pinned))
         except EmbeddingMismatchError as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from None
-        return ScoreResponse(category=request.category, title=title, thumbnails=thumbs)
+        answers = [title, *(t.similarity for t in thumbs)]
+        local = any(a is not None and a.source == "local" for a in answers)
+        return ScoreResponse(category=request.category, version=pinned.version if local else None, title=title,
+                             thumbnails=thumbs)
 
     def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if not settings.internal_token:

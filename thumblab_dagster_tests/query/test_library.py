@@ -258,3 +258,33 @@ def test_a_load_that_may_pass_later_is_retried_not_refused_for_good(library, tmp
     monkeypatch.setattr(reference, "RETRY_TRANSIENT_S", 0.0)
     lib._slot("tech").retry_at.clear()
     assert lib.similarity_percentile(vectors[0], "tech").source == "local" and lib.cache_stats()["refused"] == 0
+
+
+def test_a_pinned_view_answers_from_its_snapshot_after_a_newer_version_is_published(library, tmp_path):
+    lib, vectors, ids = library
+    titles = clustered(N, seed=3)
+    publish_niche(tmp_path / "pub", "tech", vectors, ids, snapshot="2026-11-21", titles=titles)
+    pinned = lib.pinned("tech")
+    old = pinned.version
+    assert old.startswith("2026-11-21+") and pinned.snapshot is lib.entry("tech")
+    smaller = [f"new{i:04d}" for i in range(N // 2)]
+    publish_niche(tmp_path / "pub", "tech", vectors[: N // 2], smaller, snapshot="2026-11-22", titles=titles[: N // 2])
+    assert lib.similar(vectors[0], "tech", k=1).version.startswith("2026-11-22+")  # the library moved on...
+
+    found, pct, side = pinned.similar(vectors[0], k=3), pinned.similarity_percentile(vectors[0]), \
+        pinned.side_percentile(titles[0])
+    assert found.version == pct.version == side.version == old  # ...the pinned view did not
+    assert found[0]["video_id"] == ids[0] and (pct.reference_count, side.reference_count) == (N, N)
+    assert lib.similarity_percentile(vectors[0], "tech").reference_count == N // 2
+
+
+def test_a_pinned_view_without_a_local_index_goes_down_the_fallback_chain(library):
+    lib, vectors, _ = library
+    missing, unknown = lib.pinned("gaming"), lib.pinned("cooking")
+    assert missing.snapshot is None and missing.version is None
+    result = missing.similarity_percentile(vectors[0])
+    assert result.is_default and "no index for niche 'gaming'" in result.reason
+    assert unknown.similar(vectors[0]) == [] and "unknown niche 'cooking'" in unknown.similar(vectors[0]).reason
+    assert unknown.side_percentile(vectors[0]).is_default
+    with pytest.raises(ValueError, match="pinned to gaming, not tech"):
+        lib.similar(vectors[0], "tech", pinned=missing)

@@ -5,11 +5,11 @@
     ranking.py   percentile_of, leave-one-out top-k (shared with remote searches)
     snapshot.py  one verified version of one named index, with everything scoring needs
     fallback.py  RemoteSearch and the local -> remote -> default chain, written once
-    library.py   ReferenceLibrary: discovery, the version-keyed cache, queries, stats
+    library.py   ReferenceLibrary: discovery, the version-keyed cache, queries, stats; Pinned: one version per answer
 """
 
 from thumblab_dagster.lib.query.fallback import RemoteSearch
-from thumblab_dagster.lib.query.library import ReferenceLibrary
+from thumblab_dagster.lib.query.library import Pinned, ReferenceLibrary
 from thumblab_dagster.lib.query.results import (
     EmbeddingMismatchError,
     IndexUnavailable,
@@ -19,5 +19,5 @@ from thumblab_dagster.lib.query.results import (
 )
 from thumblab_dagster.lib.query.spec import LibrarySpec, ModelIdentity, SideIndex
 
-__all__ = ["EmbeddingMismatchError", "IndexUnavailable", "LibrarySpec", "ModelIdentity", "ReferenceLibrary", "RemoteSearch",
-           "ScoreResult", "SideIndex", "SimilarResult", "UnknownName"]
+__all__ = ["EmbeddingMismatchError", "IndexUnavailable", "LibrarySpec", "ModelIdentity", "Pinned", "ReferenceLibrary",
+           "RemoteSearch", "ScoreResult", "SideIndex", "SimilarResult", "UnknownName"]

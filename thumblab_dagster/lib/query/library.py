@@ -8,6 +8,9 @@ call looks at the name's manifest (one ``stat``); a new version is verified agai
 and swapped in whole, so a reader is never handed a half-loaded index. A version that fails
 verification is refused and logged while the previous one keeps serving. The ``LibrarySpec`` says
 which names exist and what answers show; nothing here knows a collection, and nothing imports Dagster.
+
+``library.pinned(name)`` takes the name's snapshot once and answers every query of one request from
+it (or, when there is none, every query through the fallback chain), so one answer names one version.
 """
 
 from __future__ import annotations
@@ -225,6 +228,15 @@ class ReferenceLibrary:
             log.error("%s; still serving version %s", reason, slot.entry.version)
         return slot.entry
 
+    def serving(self, name: str) -> Snapshot | None:
+        """The snapshot now serving ``name``, without looking for (or loading) a newer one; None when none is loaded."""
+        slot = self._slots.get(name)
+        return slot.entry if slot is not None else None
+
+    def pinned(self, name: str) -> Pinned:
+        """``name``'s serving snapshot, taken once: its queries all answer from that one version."""
+        return Pinned.take(self, name)
+
     def clear_cache(self) -> None:
         with self._lock:
             self._slots.clear()
@@ -244,13 +256,14 @@ class ReferenceLibrary:
 
     # -- queries
 
-    def _local(self, name: str) -> Snapshot:
-        entry = self.entry(name)
+    def _local(self, name: str, pinned: Pinned | None) -> Snapshot:
+        entry = self.entry(name) if pinned is None else pinned.snapshot_for(name)
         if entry.ntotal == 0:
             raise IndexUnavailable(f"the {name} index ({entry.version}) is empty")
         return entry
 
-    def similarity_percentile(self, vector, name: str, k: int = 10, weight: str | None = None) -> ScoreResult:
+    def similarity_percentile(self, vector, name: str, k: int = 10, weight: str | None = None, *,
+                              pinned: Pinned | None = None) -> ScoreResult:
         """The query's percentile (0..100) among ``name``'s references; falls back to the remote, then to 50.0.
 
         The answer says how many references ranked it and whether that is at least the spec's
@@ -258,11 +271,12 @@ class ReferenceLibrary:
 
         Raises only for the caller's own mistakes: a vector of another dimension, a ``weight``
         the spec does not declare, or ``k`` the reference was not built with is a fallback reason.
+        ``pinned`` (from ``pinned(name)``): answer from that snapshot, not the latest.
         """
         self.spec.check_weight(weight)
 
         def local() -> ScoreResult:
-            entry = self._local(name)
+            entry = self._local(name, pinned)
             value, pct, references = entry.score(entry.check_vector(vector), k, weight)
             return self._rated(ScoreResult(round(pct, 4), "local", f"local index {entry.version}", name, k, weight,
                                            round(value, 6), entry.version), references)
@@ -278,13 +292,13 @@ class ReferenceLibrary:
                       default=lambda reason: ScoreResult(DEFAULT_PERCENTILE, "default", reason, name, k, weight),
                       note=f"default {DEFAULT_PERCENTILE} returned")
 
-    def similar(self, vector, name: str, k: int = 10) -> SimilarResult:
+    def similar(self, vector, name: str, k: int = 10, *, pinned: Pinned | None = None) -> SimilarResult:
         """Up to ``k`` most similar references: the id (under the spec's key), similarity, the spec's columns."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
 
         def local() -> SimilarResult:
-            entry = self._local(name)
+            entry = self._local(name, pinned)
             return SimilarResult(entry.similar(entry.check_vector(vector), k), source="local",
                                  reason=f"local index {entry.version}", version=entry.version)
 
@@ -296,11 +310,11 @@ class ReferenceLibrary:
                       default=lambda reason: SimilarResult([], source="default", reason=reason),
                       note="no similar references")
 
-    def side_percentile(self, vector, name: str, k: int = 10) -> ScoreResult:
+    def side_percentile(self, vector, name: str, k: int = 10, *, pinned: Pinned | None = None) -> ScoreResult:
         """The query's percentile among the spec's side-index vectors (local only); 50.0 when unavailable."""
 
         def local() -> ScoreResult:
-            entry = self._local(name)
+            entry = self._local(name, pinned)
             value, pct, references = entry.side_score(entry.check_vector(vector), k)
             label = self.spec.side.label if self.spec.side else "side-index"
             return self._rated(ScoreResult(round(pct, 4), "local", f"local {label} vectors {entry.version}", name, k,
@@ -351,3 +365,46 @@ class ReferenceLibrary:
                 "version": manifest.get("version") or version_of(manifest_path.read_bytes(), manifest),
                 "snapshot": manifest.get("snapshot"),
                 "serving_version": slot.entry.version if slot and slot.entry else None}
+
+
+@dataclass(frozen=True, eq=False)
+class Pinned:
+    """One name's snapshot, taken once, and the library's queries answered from it.
+
+    ``snapshot`` is None when the local index could not answer when it was taken; ``unavailable``
+    says why, and every query then goes down the fallback chain with that reason, as it would have.
+    """
+
+    library: ReferenceLibrary
+    name: str
+    snapshot: Snapshot | None
+    unavailable: IndexUnavailable | None = None
+
+    @classmethod
+    def take(cls, library: ReferenceLibrary, name: str) -> Pinned:
+        try:
+            return cls(library, name, library.entry(name))
+        except IndexUnavailable as exc:
+            return cls(library, name, None, exc)
+
+    @property
+    def version(self) -> str | None:
+        return self.snapshot.version if self.snapshot is not None else None
+
+    def snapshot_for(self, name: str) -> Snapshot:
+        """The pinned snapshot, or the reason there is none raised afresh (same type: the chain treats an
+        unknown name as it did)."""
+        if name != self.name:
+            raise ValueError(f"this view is pinned to {self.name}, not {name}")
+        if self.snapshot is None:
+            raise type(self.unavailable)(str(self.unavailable))
+        return self.snapshot
+
+    def similarity_percentile(self, vector, k: int = 10, weight: str | None = None) -> ScoreResult:
+        return self.library.similarity_percentile(vector, self.name, k, weight, pinned=self)
+
+    def similar(self, vector, k: int = 10) -> SimilarResult:
+        return self.library.similar(vector, self.name, k, pinned=self)
+
+    def side_percentile(self, vector, k: int = 10) -> ScoreResult:
+        return self.library.side_percentile(vector, self.name, k, pinned=self)

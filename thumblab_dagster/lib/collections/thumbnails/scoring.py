@@ -20,9 +20,9 @@ from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, P
 from thumblab_dagster.lib.embed.clip import LoadedClip, describe_weights, embed_images, embed_texts, weights_identity
 from thumblab_dagster.lib.query import (
     EmbeddingMismatchError,
-    IndexUnavailable,
     LibrarySpec,
     ModelIdentity,
+    Pinned,
     ReferenceLibrary,
     RemoteSearch,
     ScoreResult,
@@ -62,14 +62,21 @@ class ImageScore:
 
 
 class UploadScorer:
+    """Embeds an upload and scores it against a niche. Pass one ``pin(niche)`` to every call of a request
+    (model check, each image, the title) and they all answer from one version of the niche; without
+    it each call pins its own."""
+
     def __init__(self, library: ReferenceLibrary, clip: LoadedClip):
         self.library, self.clip = library, clip
 
-    def check_model(self, niche: str) -> None:
+    def pin(self, niche: str) -> Pinned:
+        """The niche's serving version, taken once for a whole request."""
+        return self.library.pinned(niche)
+
+    def check_model(self, niche: str, pinned: Pinned | None = None) -> None:
         """Raise ``EmbeddingMismatchError`` if the niche's local index came from another model."""
-        try:
-            entry = self.library.entry(niche)
-        except IndexUnavailable:
+        pinned = pinned or self.pin(niche)
+        if pinned.snapshot is None:
             # nothing local: the remote answers, so its rows must come from the same model
             check = getattr(self.library.remote, "check_model", None)
             if check is not None:
@@ -80,22 +87,26 @@ class UploadScorer:
                 except Exception:  # the remote being down is the fallback chain's business, not ours
                     pass
             return
-        entry.check_model(self.clip.weights.as_dict())
+        pinned.snapshot.check_model(self.clip.weights.as_dict())
 
-    def image_vector(self, image: Image.Image, niche: str) -> np.ndarray:
-        self.check_model(niche)
+    def image_vector(self, image: Image.Image, niche: str, pinned: Pinned | None = None) -> np.ndarray:
+        self.check_model(niche, pinned)
         return embed_images(self.clip, [image])[0]
 
     def score_image(self, image: Image.Image, niche: str, *, similar_k: int = 5,
-                    weight: str | None = None) -> ImageScore:
-        vector = self.image_vector(image, niche)
-        return ImageScore(self.library.similarity_percentile(vector, niche, PERCENTILE_K, weight),
-                          self.library.similar(vector, niche, similar_k) if similar_k else
+                    weight: str | None = None, pinned: Pinned | None = None) -> ImageScore:
+        pinned = pinned or self.pin(niche)  # the percentile and the similar references from one version
+        vector = self.image_vector(image, niche, pinned)
+        return ImageScore(pinned.similarity_percentile(vector, PERCENTILE_K, weight),
+                          pinned.similar(vector, similar_k) if similar_k else
                           SimilarResult([], source="none", reason="not asked for"))
 
-    def similar_images(self, image: Image.Image, niche: str, k: int = 10) -> SimilarResult:
-        return self.library.similar(self.image_vector(image, niche), niche, k)
+    def similar_images(self, image: Image.Image, niche: str, k: int = 10,
+                       pinned: Pinned | None = None) -> SimilarResult:
+        pinned = pinned or self.pin(niche)
+        return pinned.similar(self.image_vector(image, niche, pinned), k)
 
-    def score_title(self, title: str, niche: str) -> ScoreResult:
-        self.check_model(niche)
-        return self.library.side_percentile(embed_texts(self.clip, [title])[0], niche, PERCENTILE_K)
+    def score_title(self, title: str, niche: str, pinned: Pinned | None = None) -> ScoreResult:
+        pinned = pinned or self.pin(niche)
+        self.check_model(niche, pinned)
+        return pinned.side_percentile(embed_texts(self.clip, [title])[0], PERCENTILE_K)
