@@ -24,6 +24,7 @@ class StorageResource(dg.ConfigurableResource):
 
     data_root: str = SETTING["data_root"].resource_field()
     publish_dir: str | None = SETTING["publish_dir"].resource_field()
+    publish_mode: str = SETTING["publish_mode"].resource_field()
 
     @property
     def layout(self) -> DataLayout:

@@ -137,7 +137,7 @@ SETTINGS: tuple[Setting, ...] = (
             shown_default="`thumblab_data` (relative to the working directory)", doc="where every file is written"),
     Setting("publish_dir", "THUMBLAB_PUBLISH_DIR", str, None, target="storage.publish_dir",
             shown_default="`<data_root>/faiss_indices`", doc="where the scoring service loads indices"),
-    Setting("publish_mode", "THUMBLAB_PUBLISH_MODE", str, "0644", target="(publishing)", pattern=r"0?[67][0-7]{2}",
+    Setting("publish_mode", "THUMBLAB_PUBLISH_MODE", str, "0644", target="storage.publish_mode", pattern=r"0?[67][0-7]{2}",
             allowed="an octal file mode such as 0644, or 0640 to keep other users out",
             doc="mode of the published files; their directories get `x` where `r` is set (0644: 0755). Read when "
                 "publishing. Index directories under the data root are always 0644/0755"),

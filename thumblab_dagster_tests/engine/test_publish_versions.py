@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from thumblab_dagster.defs.resources import resources_from_env
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.pipeline import publish_niche_index
 from thumblab_dagster.lib.engine import index_dir as vi
@@ -103,7 +104,8 @@ def test_the_publish_mode_setting_sets_files_and_directories(tmp_path, monkeypat
     layout = DataLayout.at(tmp_path / "data")
     build(layout.index_dir("main", "2026-11-01"), "a")
     monkeypatch.setenv("THUMBLAB_PUBLISH_MODE", "0640")
-    assert publish_niche_index(layout, "main", "2026-11-01").published
+    storage = resources_from_env()["storage"]  # the setting reaches the asset through the storage resource
+    assert publish_niche_index(layout, "main", "2026-11-01", mode=int(storage.publish_mode, 8)).published
     published = modes(layout.published)
     assert {m for p, m in published.items() if (layout.published / p).is_dir()} == {0o750}
     assert {m for p, m in published.items() if (layout.published / p).is_file()} == {0o640}

@@ -68,7 +68,7 @@ def check_recall(context) -> dict:
 
 def publish(context) -> Published:
     layout, niche, date = _where(context)
-    result = pipeline.publish_niche_index(layout, niche, date)
+    result = pipeline.publish_niche_index(layout, niche, date, mode=int(context.resources.storage.publish_mode, 8))
     return Published(result.published, result.reason, {"directory": dg.MetadataValue.path(str(layout.published))})
 
 

@@ -28,6 +28,7 @@ from storage3.utils import StorageException
 from supabase import create_client
 from supabase.lib.client_options import SyncClientOptions
 
+from thumblab_dagster.lib.engine.files import sha256_file
 from thumblab_dagster.lib.stores.supabase import (
     COLUMNS,
     MATCH_COLUMNS,
@@ -70,14 +71,6 @@ def _json(value):
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RestStore:
@@ -231,7 +224,7 @@ class RestStore:
     def upload_file(self, bucket: str, path: str, local_file, content_type: str = "application/octet-stream") -> dict:
         """Upload (overwriting), then read the object back and compare size and sha256 with the local file."""
         local = Path(local_file)
-        size, digest = local.stat().st_size, _sha256(local)
+        size, digest = local.stat().st_size, sha256_file(local)
         api = self._client.storage.from_(bucket)
         options = {"content-type": content_type, "upsert": "true"}
         self._call(f"upload of {bucket}/{path}", lambda: api.upload(path, local, options))

@@ -41,7 +41,7 @@ from thumblab_dagster.lib.engine.spec import IndexSpec, ReferenceSpec, SideIndex
 from thumblab_dagster.lib.engine.tune import verify_recall
 from thumblab_dagster.lib.engine.validate import AlignmentReport, check_alignment
 from thumblab_dagster.lib.query.snapshot import reference_count
-from thumblab_dagster.lib.settings import SETTING, load_settings
+from thumblab_dagster.lib.settings import SETTING
 
 _default_log = logging.getLogger(__name__)
 
@@ -361,9 +361,8 @@ def check_niche_recall(layout: DataLayout, niche: str, date: str, store=None) ->
     return verify_recall(loaded, window.vectors)
 
 
-def publish_niche_index(layout: DataLayout, niche: str, date: str, mode: int | None = None) -> publishing.PublishResult:
-    """Publish a niche's checked index as one set; files get ``mode`` (default THUMBLAB_PUBLISH_MODE, 0644)."""
-    mode = int(load_settings().publish_mode, 8) if mode is None else mode
+def publish_niche_index(layout: DataLayout, niche: str, date: str, mode: int = 0o644) -> publishing.PublishResult:
+    """Publish a niche's checked index as one set; published files get ``mode`` (directories: x where r)."""
     return publishing.publish(layout.index_dir(niche, date), layout.published, niche, snapshot=date, mode=mode)
 
 
