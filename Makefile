@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test dev defs serve install lint benchmark clean
+.PHONY: demo demo-geo test dev defs serve install lint benchmark clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(DAGSTER_HOME)/dagster.yaml:
 ## Build, check and publish today's indices for all five niches (offline sample source).
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/thumblab demo
+
+## Generate a small synthetic embedding mosaic (300 x 400, 128 bands), build, check and publish it, and search it.
+demo-geo: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/thumblab geo demo
 
 ## Install and run the test suite.
 test: install

@@ -28,6 +28,7 @@ setup(
         "fastapi>=0.110",
         "fastapi-offline>=1.7",
         "uvicorn>=0.29",
+        "prometheus-client>=0.20",
         "certifi>=2023.7",
         "pydantic>=2.5",
         "supabase>=2.4",
@@ -35,6 +36,8 @@ setup(
         "pgvector>=0.2.4",
         "fsspec>=2023.6",
         "rasterio>=1.3",
+        "pyproj>=3.6",
+        "tqdm>=4.66",
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.5", "pgserver>=0.1.4", "dagster-dg-cli>=1.13,<1.14"],

@@ -1,12 +1,15 @@
-"""The ``thumblab`` command line. Only ``demo`` imports Dagster; the rest is lib/ alone.
+"""The ``thumblab`` command line. Only ``demo`` and ``geo add`` import Dagster; the rest is lib/ alone.
 
-Query commands (``score``, ``similar``, ``stats``) print a readable summary, or JSON with
-``--json``. Exit status: 0 answered from an index, 1 an error (the reason on one line),
-3 no index could answer and the default percentile was returned.
+Query commands (``score``, ``similar``, ``stats``, ``geo search``, ``geo list``) print a readable
+summary, or JSON with ``--json``. Exit status: 0 answered from an index, 1 an error (the reason on
+one line), 3 no index could answer and the default percentile was returned.
 """
 
 import json
+import os
+import re
 import sys
+from pathlib import Path
 
 import click
 
@@ -275,6 +278,308 @@ def supabase_migrate(dim):
                                                      if result.get("backfilled") else "is up to date")
     click.echo(f"ref_thumbnails (vector({dim})) {state}; match_ref_thumbnails and ref_thumbnails_reference_scores "
                "in place")
+
+
+
+# --- geo: embedding mosaics ------------------------------------------------------------------
+
+DEMO_VIEWPORT = "viewport_demo"
+DEMO_THRESHOLD = 0.97
+
+
+@main.group()
+def geo():
+    """Embedding mosaics (GeoTIFF, one band per dimension): every pixel searchable, answers as places."""
+
+
+class StageBars:
+    """Long work's progress on stderr: a bar for each stage that counts ("1,234 / 4,408 rows"), the other
+    lines above it. Bars show on a terminal only; the lines always do."""
+
+    COUNT = re.compile(r"([\d,]+) / ([\d,]+)")
+
+    def __init__(self):
+        self.bar, self.stage = None, None
+
+    def __call__(self, stage: str, message: str) -> None:
+        from tqdm import tqdm
+
+        counted = self.COUNT.search(message)
+        if counted is None:
+            tqdm.write(message, file=sys.stderr)
+            return
+        done, total = (int(v.replace(",", "")) for v in counted.groups())
+        if self.bar is None or self.stage != stage or self.bar.total != total:
+            self.close()
+            self.bar = tqdm(total=total, desc=stage, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True)
+            self.stage = stage
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.stage = None, None
+
+
+def geo_layout(given, root: str | None = None):
+    from thumblab_dagster.lib.collections.geo.layout import GeoLayout
+
+    layout = GeoLayout.from_env(settings=given)
+    return layout if root is None else GeoLayout(layout.root, layout.mosaic_dir, Path(root).absolute())
+
+
+def geo_build_settings(given, **overrides):
+    from thumblab_dagster.lib.collections.geo.pipeline import GeoSettings
+
+    return GeoSettings.from_settings(given, **overrides)
+
+
+def checked_viewport_id(value: str | None) -> str | None:
+    from thumblab_dagster.lib.collections.geo.metadata import check_viewport_id
+
+    try:
+        return value if value is None else check_viewport_id(value, "--viewport-id")
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@geo.command("add")
+@click.argument("mosaic", type=click.Path(dir_okay=False))
+@click.option("--viewport-id", help="The viewport's id (default: the file name, or its <name>.json sidecar).")
+@click.option("--copy", is_flag=True, help="Copy the file into the mosaics folder instead of linking it.")
+def geo_add(mosaic, viewport_id, copy):
+    """Put MOSAIC in the mosaics folder ($THUMBLAB_MOSAIC_DIR) and add its viewport partition to the local
+    Dagster instance ($DAGSTER_HOME), as the viewport_mosaics sensor would."""
+    from thumblab_dagster.lib.collections.geo.discovery import place_mosaic
+    from thumblab_dagster.lib.collections.geo.metadata import viewport_id_from
+    from thumblab_dagster.lib.collections.geo.mosaic import MosaicError, open_mosaic
+
+    given = settings()
+    viewport_id = checked_viewport_id(viewport_id)
+    try:
+        opened = open_mosaic(mosaic, given.geo_bands)
+        viewport_id = viewport_id or viewport_id_from(opened.path)
+    except (MosaicError, ValueError) as exc:
+        fail(str(exc))
+    if not given.dagster_home:
+        fail("DAGSTER_HOME is not set: point it at the Dagster instance the daemon and the UI use "
+             "(make sets .dagster_home)")
+    layout = geo_layout(given)
+    try:
+        placed = place_mosaic(layout.mosaic_dir, opened.path, viewport_id, copy=copy)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    import dagster as dg
+
+    from thumblab_dagster.defs.geo.partitions import VIEWPORTS
+
+    with dg.DagsterInstance.get() as instance:
+        known = viewport_id in instance.get_dynamic_partitions(VIEWPORTS)
+        if not known:
+            instance.add_dynamic_partitions(VIEWPORTS, [viewport_id])
+    click.echo(f"{viewport_id}: {placed}" + (f" -> {opened.path}" if placed != opened.path else "") +
+               f"; partition {'already there' if known else 'added'} in {given.dagster_home}. The viewport_mosaics "
+               f"sensor requests its build; or run `thumblab geo build {placed}`")
+
+
+@geo.command("build")
+@click.argument("mosaic", type=click.Path(dir_okay=False))
+@click.option("--viewport-id", help="The viewport's id (default: the file name, or its <name>.json sidecar).")
+@click.option("--sampling-factor", type=click.IntRange(1, 64),
+              help="Index every F-th pixel of every F-th row (default: $THUMBLAB_GEO_SAMPLING_FACTOR, 4).")
+@click.option("--bands", type=click.IntRange(1, 4096), help="Bands the mosaic must have (default: $THUMBLAB_GEO_BANDS).")
+@JSON_OPTION
+def geo_build(mosaic, viewport_id, sampling_factor, bands, as_json):
+    """Build, check and publish MOSAIC's viewport without the Dagster daemon (the assets' own steps and checks).
+
+    An unchanged mosaic (same fingerprint and settings as the published copy) is not rebuilt."""
+    given = settings()
+    result = build_with_progress(given, mosaic, checked_viewport_id(viewport_id),
+                                 geo_build_settings(given, sampling_factor=sampling_factor, expected_bands=bands))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        echo_build(result)
+
+
+def build_with_progress(given, mosaic, viewport_id, build_settings):
+    """``build_viewport`` with a progress bar; a bad mosaic or a failed check ends the command (exit 1)."""
+    from thumblab_dagster.lib.collections.geo.pipeline import AlignmentFailed, build_viewport
+
+    bars = StageBars()
+    try:
+        return build_viewport(geo_layout(given), mosaic, build_settings, viewport_id=viewport_id,
+                              mode=int(given.publish_mode, 8), progress=bars)
+    except AlignmentFailed as exc:
+        bars.close()
+        click.echo(f"error: {exc}", err=True)
+        for problem in exc.report.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(1)
+    except ValueError as exc:   # MosaicError, a bad viewport id or setting: one line
+        bars.close()
+        fail(str(exc))
+    finally:
+        bars.close()
+
+
+def echo_build(result) -> None:
+    if result.skipped:
+        click.echo(result.skipped)
+        return
+    store, recall = result.store, result.recall
+    click.echo(f"{result.viewport_id}: published {store['num_total_pixels']:,} pixels ({store['nodata_pixels']:,} "
+               f"nodata), {store['num_sampled_pixels']:,} sampled every {store['sampling_factor']} in {result.factory}, "
+               f"to {result.published.get('directory')}")
+    click.echo(f"  id_map_alignment passed; index_recall {recall['recall']:.3f}" +
+               (" (exact)" if recall.get("exact") else f" (target {recall['target_recall']})"))
+    if result.preview:
+        overviews = ", ".join(f"1/{f}" for f in result.preview["overviews"]) or "none"
+        click.echo(f"  preview: {result.preview['tif']} (COG, overviews {overviews}), {result.preview['png']}")
+    if result.preview_error:
+        click.echo(f"warning: the preview failed ({result.preview_error}); the viewport is published", err=True)
+
+
+def open_viewport(viewport_id: str, root: str | None):
+    """The published viewport's store (its directory resolved once), or one line and exit 1."""
+    from thumblab_dagster.lib.collections.geo.metadata import check_viewport_id
+    from thumblab_dagster.lib.collections.geo.pipeline import published_viewports
+    from thumblab_dagster.lib.collections.geo.store import PixelStore
+
+    layout = geo_layout(settings(), root)
+    try:
+        check_viewport_id(viewport_id)
+    except ValueError as exc:
+        fail(str(exc))
+    directory = layout.viewport(viewport_id)
+    if not (directory / "metadata.json").is_file():
+        known = ", ".join(published_viewports(layout)) or "none"
+        fail(f"unknown viewport {viewport_id}: nothing is published as {directory} (published: {known}); "
+             "build it first with `thumblab geo build MOSAIC.tif`")
+    try:
+        return PixelStore(Path(os.path.realpath(directory)))
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def read_vector_file(path: str):
+    """A query vector from ``.npy`` (one row), JSON (a list of numbers) or text (numbers, commas or spaces)."""
+    import numpy as np
+
+    try:
+        if path.endswith(".npy"):
+            values = np.load(path, allow_pickle=False)
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+            values = json.loads(text) if text.lstrip().startswith("[") else [float(v) for v in
+                                                                              re.split(r"[\s,]+", text.strip()) if v]
+        return np.asarray(values, dtype=np.float64).reshape(-1)
+    except (OSError, ValueError, TypeError) as exc:
+        fail(f"cannot read a query vector from {path} ({exc}): give a .npy file, a JSON list or numbers separated "
+             "by spaces or commas")
+
+
+@geo.command("search")
+@click.argument("viewport_id")
+@click.option("--lat", type=float, help="Latitude of the query pixel (EPSG:4326, with --lon).")
+@click.option("--lon", type=float, help="Longitude of the query pixel (EPSG:4326, with --lat).")
+@click.option("--vector", "vector_file", type=click.Path(dir_okay=False),
+              help="A query vector: .npy, a JSON list, or numbers separated by spaces or commas (one per band).")
+@click.option("--threshold", type=float, required=True, help="Cosine similarity from -1 to 1.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(0, 100_000),
+              help="How many of the matching pixels to return, best first (the count is always exact).")
+@click.option("--geojson", "geojson_file", type=click.Path(dir_okay=False), help="Also write the results as GeoJSON.")
+@click.option("--footprints", is_flag=True, help="GeoJSON pixel outlines (polygons) instead of centre points.")
+@ROOT_OPTION
+@JSON_OPTION
+def geo_search(viewport_id, lat, lon, vector_file, threshold, limit, geojson_file, footprints, root, as_json):
+    """Every pixel of a published viewport at least THRESHOLD similar to a place's pixel or a vector."""
+    from thumblab_dagster.lib.collections.geo.search import QueryError, make_query, threshold_search
+
+    if (vector_file is None) == (lat is None and lon is None) or (vector_file is None and (lat is None or lon is None)):
+        fail("give --lat and --lon together, or --vector FILE (one query)")
+    store = open_viewport(viewport_id, root)
+    try:
+        query = (make_query(store, vector=read_vector_file(vector_file)) if vector_file
+                 else make_query(store, lat=lat, lon=lon))
+        hits = threshold_search(store, query, threshold, limit)
+    except QueryError as exc:
+        fail(str(exc))
+    if geojson_file:
+        Path(geojson_file).write_text(json.dumps(hits.to_geojson(footprints=footprints)) + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(hits.to_json(), indent=2))
+        return
+    echo_hits(hits)
+    if geojson_file:
+        click.echo(f"  GeoJSON: {geojson_file}")
+
+
+def echo_hits(hits) -> None:
+    shown = f" (best {len(hits.rows)} shown)" if len(hits.rows) < hits.count else ""
+    click.echo(f"{hits.viewport_id}: {hits.count:,} pixels with similarity >= {hits.threshold:g}{shown}")
+    for rank, item in enumerate(hits.results(), 1):
+        click.echo(f"  {rank:>3}. lat {item['lat']:.6f}, lon {item['lon']:.6f}  (row {item['row']}, col "
+                   f"{item['col']})  similarity {item['similarity']:.4f}")
+
+
+@geo.command("list")
+@ROOT_OPTION
+@JSON_OPTION
+def geo_list(root, as_json):
+    """Published viewports, and the mosaics in the mosaics folder not published yet."""
+    from thumblab_dagster.lib.collections.geo.discovery import mosaic_files
+    from thumblab_dagster.lib.collections.geo.metadata import viewport_id_from
+    from thumblab_dagster.lib.collections.geo.pipeline import published_viewports
+
+    layout = geo_layout(settings(), root)
+    published = published_viewports(layout)
+    rows = [{"viewport_id": vid, "published": True, "directory": m["directory"], "mosaic_file": m["mosaic_file"],
+             "height": m["mosaic_height"], "width": m["mosaic_width"], "bands": m["embedding_dim"],
+             "pixels": m["num_total_pixels"], "nodata_pixels": m["nodata_pixels"],
+             "sampled_pixels": m["num_sampled_pixels"], "faiss_index_type": m["faiss_index_type"], "crs": m["crs"],
+             "mosaic_fingerprint": m["mosaic_fingerprint"]} for vid, m in published.items()]
+    for path in mosaic_files(layout.mosaic_dir):
+        try:
+            vid = viewport_id_from(path)
+        except ValueError:
+            continue
+        if vid not in published:
+            rows.append({"viewport_id": vid, "published": False, "mosaic": str(path)})
+    if as_json:
+        click.echo(json.dumps({"root": str(layout.published), "mosaic_dir": str(layout.mosaic_dir),
+                               "viewports": rows}, indent=2))
+        return
+    head = ["viewport", "size", "bands", "nodata", "sampled", "index", "mosaic"]
+    table = [[r["viewport_id"], f"{r['height']} x {r['width']}", str(r["bands"]), f"{r['nodata_pixels']:,}",
+              f"{r['sampled_pixels']:,}", r["faiss_index_type"] or "-", r["mosaic_file"]] if r["published"] else
+             [r["viewport_id"], "not built", "-", "-", "-", "-", Path(r["mosaic"]).name] for r in rows]
+    widths = [max(len(r[c]) for r in [head, *table]) for c in range(len(head))]
+    click.echo(f"viewports under {layout.published} (mosaics in {layout.mosaic_dir})")
+    for r in [head, *table]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+@geo.command("demo")
+def geo_demo():
+    """Generate a small synthetic mosaic (300 x 400 pixels, 128 bands), build and publish it, and search it."""
+    from thumblab_dagster.lib.collections.geo.search import make_query, threshold_search
+    from thumblab_dagster.lib.collections.geo.synthetic import write_synthetic_mosaic
+
+    given = settings()
+    layout = geo_layout(given)
+    mosaic = layout.mosaic_link(DEMO_VIEWPORT)
+    if not mosaic.exists():   # generated once: a second demo finds it unchanged and skips the build
+        click.echo(f"writing a synthetic 300 x 400 x 128 mosaic to {mosaic}")
+        write_synthetic_mosaic(mosaic, 300, 400, 128)
+    result = build_with_progress(given, mosaic, DEMO_VIEWPORT, geo_build_settings(given, expected_bands=128))
+    echo_build(result)
+    store = open_viewport(DEMO_VIEWPORT, None)
+    lat, lon = (float(v) for v in store.grid.latlon(150, 200))   # the centre pixel
+    hits = threshold_search(store, make_query(store, lat=lat, lon=lon), DEMO_THRESHOLD, limit=5)
+    click.echo(f"\n$ thumblab geo search {DEMO_VIEWPORT} --lat {lat:.6f} --lon {lon:.6f} --threshold "
+               f"{DEMO_THRESHOLD} --limit 5")
+    echo_hits(hits)
 
 
 if __name__ == "__main__":

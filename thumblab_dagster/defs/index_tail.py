@@ -66,6 +66,10 @@ class IndexTail:
     publish: Callable[[Any], Published]
     measure: Callable[[Any], Measured]
     upload: Callable[[Any], Mapping[str, Any]] | None = None   # -> metadata; needs resource "index_upload"
+    # -> why the index need not be built (what is published came from the same input and settings), or None.
+    # With a reason the index is not materialised, the reason is an observation and an info line, and
+    # everything after it in the run (checks, published copy, stats, upload) is skipped.
+    skip: Callable[[Any], str | None] | None = None
     # With both: the enough_references WARN check (percentiles from fewer references are not confident).
     reference_count: Callable[[Any], int] | None = None        # -> references the built index's percentiles rank against
     min_references: Callable[[Any], int] | None = None         # -> the fewest for a confident percentile
@@ -134,6 +138,18 @@ def pictures_md(pictures: Mapping[str, bytes]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n\n".join(parts))
 
 
+def observe(context, metadata: Mapping[str, Any]) -> None:
+    """Record ``metadata`` about the asset as an observation (the asset was not materialised)."""
+    context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key
+                                          if context.has_partition_key else None, metadata=dict(metadata)))
+
+
+def not_materialised(context, reason: str, metadata: Mapping[str, Any]) -> None:
+    """An asset that had nothing to do: an info line and an observation saying why."""
+    context.log.info(reason)
+    observe(context, metadata)
+
+
 def _check_metadata(values: Mapping[str, Any]) -> dict:
     return {k: ("none" if v is None else round(v, 4) if isinstance(v, float) else
                 v if isinstance(v, (int, str, bool)) else str(v)) for k, v in values.items()}
@@ -147,12 +163,26 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
     def about(role: str) -> str:
         return tail.descriptions.get(role, DESCRIPTIONS[role])
 
-    @dg.asset(name=tail.index_name, deps=list(tail.index_deps), kinds={"faiss"}, description=about("index"),
-              **common)
-    def index_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def built_result(context) -> dg.MaterializeResult:
         with lib_logs_to(context.log):
             built = tail.build(context)
         return dg.MaterializeResult(metadata={**built.metadata, "path": dg.MetadataValue.path(built.path)})
+
+    if tail.skip is None:
+        @dg.asset(name=tail.index_name, deps=list(tail.index_deps), kinds={"faiss"}, description=about("index"),
+                  **common)
+        def index_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            return built_result(context)
+    else:
+        @dg.asset(name=tail.index_name, deps=list(tail.index_deps), kinds={"faiss"}, description=about("index"),
+                  output_required=False, **common)
+        def index_asset(context: dg.AssetExecutionContext):
+            with lib_logs_to(context.log):
+                reason = tail.skip(context)
+            if reason:
+                not_materialised(context, reason, {"skipped": True, "reason": reason})
+                return
+            yield built_result(context)
 
     check_common = dict(asset=index_asset, partitions_def=tail.partitions_def,
                         required_resource_keys=set(tail.resource_keys))
@@ -194,10 +224,7 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
         # Nothing was published: no materialization (the UI must not show a success), the reason
         # recorded as an observation and a warning in the run's log.
         context.log.warning(f"not published: {result.reason}")
-        context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key
-                                              if context.has_partition_key else None,
-                                              metadata={"published": False, "reason": result.reason,
-                                                        **result.metadata}))
+        observe(context, {"published": False, "reason": result.reason, **result.metadata})
 
     @dg.asset(name=tail.stats_name, deps=[index_asset], kinds={"faiss"}, description=about("stats"), **common)
     def stats_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+from thumblab_dagster.lib.collections.geo.layout import GeoLayout
+from thumblab_dagster.lib.collections.geo.pipeline import GeoSettings
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.pipeline import FetchSettings, IndexSettings, SourceSettings
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseSettings
@@ -56,15 +58,16 @@ class TrendingSourceResource(dg.ConfigurableResource):
 
 
 class ClipEmbedderResource(dg.ConfigurableResource):
-    """open_clip model, weights (a pretrained tag, a checkpoint path, or "none"), device, batch."""
+    """open_clip model, weights (a pretrained tag, a checkpoint path, or "none"), device, batch, precision."""
 
     model: str = SETTING["clip_model"].resource_field()
     pretrained: str = SETTING["clip_pretrained"].resource_field()
     device: str = SETTING["clip_device"].resource_field()
     batch_size: int = SETTING["clip_batch_size"].resource_field()
+    precision: str = SETTING["clip_precision"].resource_field()
 
     def load(self) -> embedding.LoadedClip:
-        return embedding.load_clip(self.model, self.pretrained, self.device)
+        return embedding.load_clip(self.model, self.pretrained, self.device, precision=self.precision)
 
 
 class ThumbnailFetchResource(dg.ConfigurableResource):
@@ -135,10 +138,31 @@ class IndexEngineResource(dg.ConfigurableResource):
         return self.supabase.store() if self.source == "supabase" and self.supabase else None
 
 
+class GeoResource(dg.ConfigurableResource):
+    """Embedding mosaics (geo): the folder the viewport sensor watches and how a viewport is built."""
+
+    mosaic_dir: str | None = SETTING["mosaic_dir"].resource_field()
+    expected_bands: int = SETTING["geo_bands"].resource_field()
+    sampling_factor: int = SETTING["geo_sampling_factor"].resource_field()
+    index_factory: str = SETTING["geo_index_factory"].resource_field()
+    float32_copy: bool = Field(default=False, description="also write the plan's float32 all_embeddings_float32.npy "
+                                                          "(four times the bytes of the uint8 store)")
+
+    def layout(self, storage: StorageResource) -> GeoLayout:
+        return GeoLayout.at(storage.data_root, storage.publish_dir, self.mosaic_dir)
+
+    def settings(self, engine: IndexEngineResource) -> GeoSettings:
+        """The build settings, with the index engine's memory budget and target recall."""
+        return GeoSettings(expected_bands=self.expected_bands, sampling_factor=self.sampling_factor,
+                           index_factory=self.index_factory, float32_copy=self.float32_copy,
+                           memory_budget_bytes=engine.settings.memory_budget_bytes,
+                           target_recall=engine.target_recall)
+
+
 # The resource a settings row's target names: "storage.data_root" is StorageResource.data_root.
 RESOURCES = {"storage": StorageResource, "trending_source": TrendingSourceResource, "embedder": ClipEmbedderResource,
              "thumbnail_fetch": ThumbnailFetchResource, "supabase": SupabaseResource,
-             "index_upload": IndexUploadResource, "index_engine": IndexEngineResource}
+             "index_upload": IndexUploadResource, "index_engine": IndexEngineResource, "geo": GeoResource}
 
 
 def from_settings(key: str, settings, **extra) -> dg.ConfigurableResource:
@@ -172,7 +196,7 @@ def resources_from_env(environ=None) -> dict:
     if from_store and supabase is None:
         raise SettingsError("THUMBLAB_INDEX_SOURCE=supabase needs SUPABASE_DB_URL, or SUPABASE_URL and SUPABASE_KEY")
     resources = {key: from_settings(key, settings) for key in ("storage", "trending_source", "embedder",
-                                                               "thumbnail_fetch")}
+                                                               "thumbnail_fetch", "geo")}
     resources["index_engine"] = from_settings("index_engine", settings, supabase=supabase if from_store else None)
     if supabase is not None:
         resources["supabase"] = supabase

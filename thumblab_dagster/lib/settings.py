@@ -150,6 +150,11 @@ SETTINGS: tuple[Setting, ...] = (
             doc="`cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (cuda when available, else cpu)"),
     Setting("clip_batch_size", "THUMBLAB_CLIP_BATCH_SIZE", int, 32, target="embedder.batch_size", ge=1,
             doc="images per forward pass"),
+    Setting("clip_precision", "THUMBLAB_CLIP_PRECISION", str, "fp32", target="embedder.precision",
+            choices=("fp32", "bf16", "auto"), case="lower",
+            doc="`fp32`, `bf16`, or `auto` (bf16 only where the CPU or GPU computes it natively). bf16 is kept only "
+                "when its embeddings of calibration images and texts stay at cosine >= 0.999 to fp32 at load; "
+                "otherwise fp32 with a warning. The precision used is recorded with the embeddings and in `/health`"),
     Setting("fetch_workers", "THUMBLAB_FETCH_WORKERS", int, 8, target="thumbnail_fetch.max_workers", ge=1, le=64,
             doc="concurrent thumbnail downloads (10 s timeout, 5 MiB cap each)"),
     Setting("fetch_max_failed_share", "THUMBLAB_FETCH_MAX_FAILED_SHARE", float, 0.10,
@@ -164,25 +169,61 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("min_references", "THUMBLAB_MIN_REFERENCES", int, 30, target="index_engine.min_references", ge=1,
             doc="percentiles from fewer references are flagged not confident (`confident: false` in the CLI and "
                 "`/v1/score`, and the `enough_references` check warns)"),
+    Setting("mosaic_dir", "THUMBLAB_MOSAIC_DIR", str, None, target="geo.mosaic_dir",
+            shown_default="`<data_root>/mosaics`",
+            doc="the folder of GeoTIFF embedding mosaics the `viewport_mosaics` sensor watches: one viewport (dynamic "
+                "partition) per file, its id from the file name or a `<name>.json` sidecar; `thumblab geo add` links "
+                "mosaics in"),
+    Setting("geo_bands", "THUMBLAB_GEO_BANDS", int, 128, target="geo.expected_bands", ge=1, le=4096,
+            doc="bands (embedding dimensions) a mosaic must have; another count fails the viewport's build in one line"),
+    Setting("geo_sampling_factor", "THUMBLAB_GEO_SAMPLING_FACTOR", int, 4, target="geo.sampling_factor", ge=1, le=64,
+            doc="the viewport's sampled index holds every F-th pixel of every F-th row; threshold search scans all"),
+    Setting("geo_index_factory", "THUMBLAB_GEO_INDEX_FACTORY", str, "plan", target="geo.index_factory",
+            pattern=r"plan|auto|[A-Za-z0-9_,.]+", allowed="plan, auto or a faiss factory string such as IVF1024,PQ64",
+            doc="the viewport's sampled index: `plan` (IVF1024,PQ64 when the sample can train it, else as `auto`), "
+                "`auto` (chosen for the sample within `THUMBLAB_INDEX_MEMORY_MB`) or a faiss factory string"),
     Setting("dagster_home", "DAGSTER_HOME", str, None, shown_default="`.dagster_home` (Makefile)",
             doc="the local Dagster instance (read by Dagster itself)"),
     # --- the HTTP service ---
     Setting("internal_token", "THUMBLAB_INTERNAL_TOKEN", str, None, secret=True, target="(service)",
-            shown_default="unset: `/internal/index-stats` disabled",
-            doc="bearer token for the service's internal endpoint. Secret: never logged or returned"),
+            shown_default="unset: the `/internal/*` endpoints disabled",
+            doc="bearer token for the service's internal endpoints. Secret: never logged or returned"),
+    Setting("dagster_url", "THUMBLAB_DAGSTER_URL", str, None, target="(service)", pattern=URL,
+            shown_default="unset: run launches answer 503",
+            allowed="the Dagster webserver's http(s) URL such as http://127.0.0.1:3000",
+            doc="the Dagster webserver whose GraphQL API `/internal/refresh-library` and `/internal/rebuild-indices` "
+                "launch runs through (and `/internal/runs/{id}` asks)"),
     Setting("fetch_allow_private", "THUMBLAB_FETCH_ALLOW_PRIVATE", tuple, (), target="(service)", shown_default="unset",
-            allowed="comma-separated host names, IPs or CIDRs such as 127.0.0.1,10.0.0.0/8,localhost",
+            allowed="comma-separated host names, IPs or CIDRs, each with an optional :port, such as "
+                    "127.0.0.1:8080,[::1]:8080,10.0.0.0/8,images.internal:8443",
             doc="comma-separated hosts, IPs or CIDRs that `/v1/score` may fetch thumbnails from although "
-                "private/loopback/link-local"),
+                "private/loopback/link-local. `host:port` (`127.0.0.1:8080`, `[::1]:8080`, `images.internal:8443`, "
+                "`10.0.0.0/8:8080`) allows that port; an entry without a port allows only 80 (http) and 443 (https)"),
     Setting("fetch_timeout_s", "THUMBLAB_FETCH_TIMEOUT_S", float, 5.0, target="(service)", gt=0,
             allowed="a positive number of seconds such as 5",
-            doc="read timeout for thumbnails fetched by `/v1/score` (connect timeout 3 s)"),
+            doc="read timeout for thumbnails fetched by `/v1/score` (connect timeout 3 s; a whole fetch, redirects "
+                "included, ends after 15 s however slowly the server sends)"),
     Setting("fetch_max_bytes", "THUMBLAB_FETCH_MAX_BYTES", int, 5 * 1024 * 1024, target="(service)", ge=1,
             allowed="a positive whole number of bytes such as 5242880",
             doc="size cap for thumbnails fetched by `/v1/score`"),
+    Setting("fetch_max_pixels", "THUMBLAB_FETCH_MAX_PIXELS", int, 4096 * 4096, target="(service)", ge=64,
+            shown_default="`16777216` (4096 x 4096)",
+            allowed="a whole number of pixels of at least 64 such as 16777216 (4096 x 4096)",
+            doc="a thumbnail fetched by `/v1/score` whose header declares more pixels is refused before it is "
+                "decoded (a large JPEG is decoded reduced, to about twice CLIP's input size)"),
+    Setting("fetch_pool_size", "THUMBLAB_FETCH_POOL_SIZE", int, 32, target="(service)", ge=1, le=256,
+            doc="thumbnail downloads `/v1/score` runs at once, over all requests"),
+    Setting("fetch_per_request", "THUMBLAB_FETCH_PER_REQUEST", int, 4, target="(service)", ge=1, le=64,
+            doc="of those, how many one request may hold: a slow thumbnail server delays only its own request"),
     Setting("max_body_bytes", "THUMBLAB_MAX_BODY_BYTES", int, 65536, target="(service)", ge=1,
             allowed="a positive whole number of bytes such as 65536",
             doc="size cap for a request body to the service: a larger one is a 413, refused before it is parsed"),
+    Setting("batch_window_ms", "THUMBLAB_BATCH_WINDOW_MS", float, 5.0, target="(service)", ge=0, le=1000,
+            allowed="a number of milliseconds from 0 to 1000 such as 5",
+            doc="how long `/v1/score` collects concurrent requests' images (and titles) into one CLIP forward, "
+                "from the first one's arrival; 0 batches only what already waits"),
+    Setting("batch_max", "THUMBLAB_BATCH_MAX", int, 32, target="(service)", ge=1, le=1024,
+            doc="the most images (or titles) in one cross-request CLIP forward of `/v1/score`"),
     # --- Supabase (optional) ---
     Setting("supabase_db_url", "SUPABASE_DB_URL", str, None, secret=True, section=SUPABASE, target="supabase.db_url",
             shown_default="unset",

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -23,6 +22,8 @@ from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseRemote, SupabaseSettings
 from thumblab_dagster.lib.collections.thumbnails.scoring import UploadScorer, thumbnail_library
 from thumblab_dagster.lib.embed import clip as embedding
+from thumblab_dagster.lib.embed.batching import ClipBatchers
+from thumblab_dagster.lib.embed.fetch_pool import FetchPool
 from thumblab_dagster.lib.embed.images import FetchError
 from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy, fetch_untrusted_image
 from thumblab_dagster.lib.query.library import Pinned
@@ -32,6 +33,8 @@ from thumblab_dagster.lib.query.spec import NAME_PATTERN
 from thumblab_dagster.lib.settings import SETTING, SettingsError, load_settings
 from thumblab_dagster.service.docs import serve_offline_docs
 from thumblab_dagster.service.guard import BodyGuard, ValidationErrors, text, validation_error
+from thumblab_dagster.service.metrics import Metrics, RequestMetrics
+from thumblab_dagster.service.ops import operations_router
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,13 @@ class ServiceSettings:
     clip_model: str = SETTING["clip_model"].default
     clip_pretrained: str = SETTING["clip_pretrained"].default
     clip_device: str = SETTING["clip_device"].default
+    clip_precision: str = SETTING["clip_precision"].default  # fp32 | bf16 | auto (bf16 kept only if it agrees)
     internal_token: str | None = field(default=None, repr=False)  # a secret: never logged or shown
     min_references: int = SETTING["min_references"].default  # fewer: a percentile is flagged not confident
     max_body_bytes: int = SETTING["max_body_bytes"].default  # a larger request body is a 413, never parsed
+    dagster_url: str | None = None  # the Dagster webserver the operations endpoints launch runs on
+    batch_window_ms: float = SETTING["batch_window_ms"].default  # concurrent uploads share a CLIP forward
+    batch_max: int = SETTING["batch_max"].default
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     supabase: SupabaseSettings = field(default_factory=SupabaseSettings)  # the fallback, when configured
 
@@ -63,9 +70,12 @@ class ServiceSettings:
             raise SettingsError(supabase.problems()[0])
         return cls(publish_dir=publish_dir or str(DataLayout.from_env(settings=settings).published),
                    clip_model=settings.clip_model, clip_pretrained=settings.clip_pretrained,
-                   clip_device=settings.clip_device, internal_token=settings.internal_token,
+                   clip_device=settings.clip_device, clip_precision=settings.clip_precision,
+                   internal_token=settings.internal_token,
                    fetch=FetchPolicy.from_env(settings=settings), supabase=supabase,
-                   min_references=settings.min_references, max_body_bytes=settings.max_body_bytes)
+                   min_references=settings.min_references, max_body_bytes=settings.max_body_bytes,
+                   dagster_url=settings.dagster_url,
+                   batch_window_ms=settings.batch_window_ms, batch_max=settings.batch_max)
 
 
 # --- the wire format (this is also the OpenAPI schema) -------------------------------------
@@ -169,21 +179,27 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
     """The service over ``settings.publish_dir``; ``clip`` skips loading the model (tests)."""
     remote = SupabaseRemote(settings.supabase.store()) if settings.supabase.configured else None
     library = thumbnail_library(settings.publish_dir, remote=remote, min_references=settings.min_references)
+    metrics = Metrics(library)  # this app's own registry: /metrics
+    library.on_search = metrics.observe_search
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state["clip"] = clip or embedding.load_clip(settings.clip_model, settings.clip_pretrained,
-                                                    settings.clip_device)
-        state["scorer"] = UploadScorer(library, state["clip"])
+                                                    settings.clip_device, precision=settings.clip_precision)
+        # one CLIP forward per tower for all the uploads that arrive within the window (closed at shutdown)
+        state["batchers"] = app.state.batchers = ClipBatchers(state["clip"], window_s=settings.batch_window_ms / 1000,
+                                                              max_batch=settings.batch_max,
+                                                              on_batch=metrics.observe_batch)
+        state["scorer"] = UploadScorer(library, state["clip"], batchers=state["batchers"])
         for niche, info in library.index_info().items():  # warm the cache: the first request is not a load
             if info["exists"]:
                 try:
                     library.entry(niche)
                 except IndexUnavailable as exc:
                     log.error("%s not loaded at start: %s", niche, exc)
-        with ThreadPoolExecutor(max_workers=MAX_THUMBNAILS, thread_name_prefix="fetch") as pool:
-            state["pool"] = pool
+        with state["batchers"], FetchPool(settings.fetch.pool_size, settings.fetch.per_request) as pool:
+            state["pool"] = pool  # each request holds at most per_request fetches: a slow server delays only it
             yield
 
     app = FastAPI(title="Thumbnail Lab scoring service", version="1",
@@ -193,6 +209,7 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
     serve_offline_docs(app)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)  # added last: outermost, a 413 counts too
     bearer = HTTPBearer(auto_error=False, description=f"The token set in {TOKEN_ENV}.")
 
     @app.get("/health", response_model=Health, summary="Model and indices loaded")
@@ -200,18 +217,33 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
         weights = state["clip"].weights
         niches = {n: _niche_health(library.serving(n), info) for n, info in library.index_info().items()}
         return Health(status="ok", model={"name": weights.model, "weights": weights.pretrained,
-                                          "weights_loaded": weights.loaded, "loaded": True, "dim": state["clip"].dim},
+                                          "weights_loaded": weights.loaded, "loaded": True, "dim": state["clip"].dim,
+                                          "precision": weights.precision, "precision_note": weights.precision_note},
                       niches=niches)
 
-    def score_one(scorer: UploadScorer, thumb: ThumbnailIn, niche: str, pinned: Pinned) -> ThumbnailScore:
+    def fetch_one(thumb: ThumbnailIn):
+        """The decoded image, or the thumbnail's error answer (a failed fetch never fails the request)."""
         try:
-            image = fetch_untrusted_image(thumb.url, settings.fetch)
+            return fetch_untrusted_image(thumb.url, settings.fetch)
         except FetchError as exc:
             log.info("thumbnail %s not scored: %s", thumb.id, exc)
+            metrics.fetch_failed(exc)
             return ThumbnailScore(id=thumb.id, ok=False, error=f"could not fetch the thumbnail: {exc}")
-        result = scorer.score_image(image, niche, similar_k=SIMILAR_K, pinned=pinned)
-        return ThumbnailScore(id=thumb.id, ok=True, similarity=_percentile(result.percentile),
-                              similar=[SimilarReference(**s) for s in result.similar])
+
+    def score_thumbnails(scorer: UploadScorer, thumbs: list[ThumbnailIn], pinned: Pinned) -> list[ThumbnailScore]:
+        # Fetch workers only fetch (a worker never waits on CLIP), then all of this request's images
+        # join one batch together, then each is searched in the pinned version.
+        fetched = state["pool"].map(fetch_one, thumbs)
+        vectors = [f if isinstance(f, ThumbnailScore) else scorer.image_vector_soon(f) for f in fetched]
+        scores = []
+        for thumb, vector in zip(thumbs, vectors, strict=True):
+            if isinstance(vector, ThumbnailScore):
+                scores.append(vector)
+                continue
+            result = scorer.score_vector(vector.result(), pinned, similar_k=SIMILAR_K)
+            scores.append(ThumbnailScore(id=thumb.id, ok=True, similarity=_percentile(result.percentile),
+                                         similar=[SimilarReference(**s) for s in result.similar]))
+        return scores
 
     @app.post("/v1/score", response_model=ScoreResponse, summary="Score thumbnails (and a title) against a niche",
               responses={413: {"description": "The body is over THUMBLAB_MAX_BODY_BYTES."},
@@ -223,11 +255,13 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
         pinned = scorer.pin(request.category)  # one version for every part, even if a publish lands meanwhile
         try:
             scorer.check_model(request.category, pinned)
-            thumbs = list(state["pool"].map(lambda t: score_one(scorer, t, request.category, pinned),
-                                            request.thumbnails))
+            title_text = request.title.strip() if request.title else ""
+            # the title joins other requests' text batch now, while this request's thumbnails are fetched
+            title_vector = scorer.title_vector_soon(title_text) if title_text else None
+            thumbs = score_thumbnails(scorer, request.thumbnails, pinned)
             title = None
-            if request.title and request.title.strip():
-                title = _percentile(scorer.score_title(request.title.strip(), request.category, pinned))
+            if title_vector is not None:
+                title = _percentile(scorer.score_title(title_text, request.category, pinned, vector=title_vector))
         except EmbeddingMismatchError as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from None
         answers = [title, *(t.similarity for t in thumbs)]
@@ -250,5 +284,16 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
     def index_stats() -> IndexStats:
         return IndexStats(indices=library.index_info(), cache=library.cache_stats())
 
+    # refresh-library, rebuild-indices and runs/{run_id}: Dagster runs through its GraphQL API (service/ops.py)
+    app.include_router(operations_router(settings.dagster_url, require_token))
+
+    # Open, like most scrape targets: counts and timings only, no secret, URL or caller input in a label.
+    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "The Prometheus text format."}})
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(content=body, media_type=content_type)
+
     app.state.library = library
+    app.state.metrics = metrics
     return app

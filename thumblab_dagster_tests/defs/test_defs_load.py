@@ -15,18 +15,22 @@ ROOT = Path(__file__).resolve().parents[2]
 THUMBNAIL_ASSETS = {"trending_videos", "thumbnail_embeddings", "niche_index", "published_index", "index_stats"}
 THUMBNAIL_CHECKS = {"id_map_alignment", "index_recall", "embeddings_valid", "embedding_weights_pretrained",
                     "trending_not_empty", "enough_references"}
+GEO_ASSETS = {"pixel_store", "pixel_index", "published_viewport", "viewport_stats", "viewport_preview"}
+GEO_CHECKS = {"id_map_alignment", "index_recall"}   # the shared tail's, on pixel_index
+GROUPS = {**dict.fromkeys(THUMBNAIL_ASSETS, "thumbnails"), **dict.fromkeys(GEO_ASSETS, "geo")}
 
 
 def test_every_asset_check_job_and_schedule_loads_in_its_group():
     loaded = build_definitions(resources_from_env({}))
     dg.Definitions.validate_loadable(loaded)
     graph = loaded.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == THUMBNAIL_ASSETS
-    assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"thumbnails"}
+    assert {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()} == GROUPS
     assert {graph.get(k).owners[0] for k in graph.get_all_asset_keys()} == {"team:thumblab"}
-    assert {k.name for k in graph.asset_check_keys} == THUMBNAIL_CHECKS
-    blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
-    assert blocking == {"id_map_alignment", "embeddings_valid"}
+    assert {k.name for k in graph.asset_check_keys} == THUMBNAIL_CHECKS | GEO_CHECKS
+    blocking = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys
+                if graph.get_check_spec(k).blocking}
+    assert blocking == {("niche_index", "id_map_alignment"), ("thumbnail_embeddings", "embeddings_valid"),
+                        ("pixel_index", "id_map_alignment")}
     job = loaded.resolve_job_def("daily_refresh")
     assert {n.name for n in job.nodes} >= {"trending_videos", "niche_index", "niche_index_id_map_alignment"}
     schedule = loaded.resolve_schedule_def("daily_refresh_schedule")
@@ -37,7 +41,7 @@ def test_every_asset_check_job_and_schedule_loads_in_its_group():
 def test_the_upload_joins_only_when_configured(tmp_path):
     resources = {**resources_from_env({}), "index_upload": IndexUploadResource(url=f"file://{tmp_path}/up")}
     keys = {k.to_user_string() for k in build_definitions(resources).resolve_asset_graph().get_all_asset_keys()}
-    assert keys == THUMBNAIL_ASSETS | {"uploaded_index"}
+    assert keys == THUMBNAIL_ASSETS | GEO_ASSETS | {"uploaded_index", "uploaded_viewport"}
 
 
 def instance_env(tmp_path) -> dict:
@@ -62,7 +66,8 @@ def test_dg_checks_and_lists_the_thumbnails_group(tmp_path):
                             timeout=300, env=instance_env(tmp_path))
     assert listed.returncode == 0, listed.stderr
     found = json.loads(listed.stdout)
-    assert {a["asset_key"]: a["group_name"] for a in found["assets"]} == dict.fromkeys(THUMBNAIL_ASSETS, "thumbnails")
-    assert {c["name"] for c in found["asset_checks"]} == THUMBNAIL_CHECKS
-    assert [j["name"] for j in found["jobs"]] == ["daily_refresh"]
+    assert {a["asset_key"]: a["group_name"] for a in found["assets"]} == GROUPS
+    assert {c["name"] for c in found["asset_checks"]} == THUMBNAIL_CHECKS | GEO_CHECKS
+    assert sorted(j["name"] for j in found["jobs"]) == ["build_viewport", "daily_refresh", "rebuild_indices"]
     assert [(s["name"], s["cron_schedule"]) for s in found["schedules"]] == [("daily_refresh_schedule", "0 3 * * *")]
+    assert [s["name"] for s in found["sensors"]] == ["viewport_mosaics"]

@@ -8,10 +8,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from thumblab_dagster.lib.embed.images import DEFAULT_MAX_BYTES, FetchError
+from thumblab_dagster.lib.embed.images import CONTENT, DEFAULT_MAX_BYTES, TRANSPORT, FetchError
 from thumblab_dagster.lib.embed.untrusted_fetch import ALLOW_ENV, MAX_BYTES_ENV, TIMEOUT_ENV, FetchPolicy, fetch_untrusted_image
 
-LOCAL = FetchPolicy(allowed_private=("127.0.0.1",))
+LOCAL = FetchPolicy(allowed_private=("127.0.0.1",))  # loopback on the default port only
+
+
+def local(port: int, **kwargs) -> FetchPolicy:
+    """A policy allowing exactly 127.0.0.1:port (an entry without a port allows only 80 and 443)."""
+    return FetchPolicy(allowed_private=(f"127.0.0.1:{port}",), **kwargs)
 
 
 def _png(size, mode="RGB") -> bytes:
@@ -74,10 +79,11 @@ def server(_server):
 
 
 def test_fetches_image_when_loopback_is_allowed(server):
-    img = fetch_untrusted_image(server.base + "/png", LOCAL)
+    img = fetch_untrusted_image(server.base + "/png", local(server.server_port))
     assert (img.mode, img.size) == ("RGB", (40, 30))
     assert server.seen == [("/png", f"127.0.0.1:{server.server_port}")]
-    assert fetch_untrusted_image(server.base + "/png", FetchPolicy(allowed_private=("127.0.0.0/8",))).size == (40, 30)
+    cidr = FetchPolicy(allowed_private=(f"127.0.0.0/8:{server.server_port}",))
+    assert fetch_untrusted_image(server.base + "/png", cidr).size == (40, 30)
 
 
 def test_default_policy_refuses_loopback_without_connecting(server):
@@ -129,7 +135,8 @@ def test_connects_to_the_validated_ip_without_resolving_again(server, monkeypatc
 
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     url = f"http://thumbs.test:{server.server_port}/png"
-    assert fetch_untrusted_image(url, FetchPolicy(allowed_private=("thumbs.test",))).size == (40, 30)
+    assert fetch_untrusted_image(url, FetchPolicy(allowed_private=(f"thumbs.test:{server.server_port}",))).size \
+        == (40, 30)
     assert server.seen == [("/png", f"thumbs.test:{server.server_port}")]  # virtual host kept
 
 
@@ -138,38 +145,40 @@ def test_unreachable_port_and_silent_server_give_clear_errors():
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
-    with pytest.raises(FetchError, match=f"could not connect to 127.0.0.1:{port}"):
-        fetch_untrusted_image(f"http://127.0.0.1:{port}/a.png", LOCAL)
+    with pytest.raises(FetchError, match=f"could not connect to 127.0.0.1:{port}") as err:
+        fetch_untrusted_image(f"http://127.0.0.1:{port}/a.png", local(port))
+    assert err.value.kind == TRANSPORT
     with socket.socket() as silent:  # accepts the TCP handshake (backlog) but never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/a.png"
-        with pytest.raises(FetchError, match="timed out reading from 127.0.0.1"):
-            fetch_untrusted_image(url, FetchPolicy(allowed_private=("127.0.0.1",), read_timeout_s=0.05))
+        port = silent.getsockname()[1]
+        with pytest.raises(FetchError, match="timed out reading from 127.0.0.1") as err:
+            fetch_untrusted_image(f"http://127.0.0.1:{port}/a.png", local(port, read_timeout_s=0.05))
+    assert err.value.kind == TRANSPORT
 
 
-@pytest.mark.parametrize("path, policy, reason", [
-    ("/missing?token=SECRET", LOCAL, "^HTTP 404$"),
-    ("/html", LOCAL, "^content type text/html is not an image$"),
-    ("/huge-length", LOCAL, "9,999,999,999 bytes exceeds the 5,242,880-byte cap"),
-    ("/stream", FetchPolicy(allowed_private=("127.0.0.1",), max_bytes=50_000), "body exceeds the 50,000-byte cap"),
-    ("/redirect-private", LOCAL, r"refused: 10\.1\.2\.3 is a private address"),
-    ("/loop", LOCAL, r"too many redirects \(more than 3\)"),
-    ("/redirect", FetchPolicy(allowed_private=("127.0.0.1",), max_redirects=0), "too many redirects"),
-    ("/bomb", LOCAL, "too large|decompression bomb"),
+@pytest.mark.parametrize("path, limits, reason", [
+    ("/missing?token=SECRET", {}, "^HTTP 404$"),
+    ("/html", {}, "^content type text/html is not an image$"),
+    ("/huge-length", {}, "9,999,999,999 bytes exceeds the 5,242,880-byte cap"),
+    ("/stream", {"max_bytes": 50_000}, "body exceeds the 50,000-byte cap"),
+    ("/redirect-private", {}, r"refused: 10\.1\.2\.3 is a private address"),
+    ("/loop", {}, r"too many redirects \(more than 3\)"),
+    ("/redirect", {"max_redirects": 0}, "too many redirects"),
+    ("/bomb", {}, "too large|decompression bomb"),
 ])
-def test_refused_responses(server, path, policy, reason):
+def test_refused_responses(server, path, limits, reason):
     with pytest.raises(FetchError, match=reason) as err:
-        fetch_untrusted_image(server.base + path, policy)
-    assert "SECRET" not in str(err.value)
+        fetch_untrusted_image(server.base + path, local(server.server_port, **limits))
+    assert "SECRET" not in str(err.value) and err.value.kind == CONTENT
 
 
 def test_follows_redirects_within_the_policy(server):
-    assert fetch_untrusted_image(server.base + "/redirect-abs", LOCAL).size == (40, 30)
+    assert fetch_untrusted_image(server.base + "/redirect-abs", local(server.server_port)).size == (40, 30)
     assert [path for path, _ in server.seen] == ["/redirect-abs", "/redirect", "/png"]
     server.seen.clear()
     with pytest.raises(FetchError, match="too many"):
-        fetch_untrusted_image(server.base + "/loop", LOCAL)
+        fetch_untrusted_image(server.base + "/loop", local(server.server_port))
     assert len(server.seen) == 4  # the first request plus max_redirects hops, then it stops
 
 
@@ -193,6 +202,7 @@ def test_policy_from_env_rejects_bad_values(var, value):
 
 def test_a_whole_fetch_has_a_time_limit(server):
     # Per-read timeouts alone let a byte-a-second server hold a worker for hours; the limit spans it all.
-    policy = FetchPolicy(allowed_private=("127.0.0.1",), total_timeout_s=1e-9)
-    with pytest.raises(FetchError, match="timed out|took too long"):
+    policy = local(server.server_port, total_timeout_s=1e-9)
+    with pytest.raises(FetchError, match="timed out|took too long") as err:
         fetch_untrusted_image(server.base + "/png", policy)
+    assert err.value.kind == TRANSPORT

@@ -9,10 +9,9 @@ import pytest
 
 from thumblab_dagster.lib.collections.thumbnails.sample_source import render_thumbnail
 from thumblab_dagster.lib.embed.clip import embed_images, embed_texts, load_clip
-from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
 from thumblab_dagster.service.app import ServiceSettings, create_app
 from thumblab_dagster_tests.fakes.libraries import publish_niche
-from thumblab_dagster_tests.service.server import TOKEN, ImageHandler, N, serving
+from thumblab_dagster_tests.service.server import TOKEN, ImageHandler, N, loopback_images, serving
 
 
 @pytest.fixture(scope="package")
@@ -35,8 +34,8 @@ def service(tmp_path_factory, clip):
     ImageHandler.png = buf.getvalue()
     images_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageHandler)
     threading.Thread(target=images_server.serve_forever, daemon=True).start()
-    settings = ServiceSettings(publish_dir=str(root / "pub"), internal_token=TOKEN,
-                               fetch=FetchPolicy(allowed_private=("127.0.0.1",)))
+    images = f"http://127.0.0.1:{images_server.server_address[1]}"
+    settings = ServiceSettings(publish_dir=str(root / "pub"), internal_token=TOKEN, fetch=loopback_images(images))
     with serving(create_app(settings, clip=clip)) as base:
-        yield base, f"http://127.0.0.1:{images_server.server_address[1]}", ids
+        yield base, images, ids
     images_server.shutdown()

@@ -4,9 +4,12 @@ import contextlib
 import http.server
 import socket
 import threading
+from urllib.parse import urlsplit
 
 import requests
 import uvicorn
+
+from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
 
 TOKEN = "internal-test-token-123"
 N = 30
@@ -31,9 +34,12 @@ def serving(app):
 
 class ImageHandler(http.server.BaseHTTPRequestHandler):
     png = b""
+    pictures: dict[str, bytes] = {}  # path -> PNG: distinct images, for tests that need several
 
     def do_GET(self):
         body, ctype = (self.png, "image/png") if self.path.startswith("/thumb") else (b"<html>hi</html>", "text/html")
+        if self.path in self.pictures:
+            body, ctype = self.pictures[self.path], "image/png"
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -42,6 +48,12 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def loopback_images(*bases: str, **limits) -> FetchPolicy:
+    """A fetch policy allowing exactly the host:port of each image server ``bases`` names (an allow-list
+    entry without a port allows only 80 and 443)."""
+    return FetchPolicy(allowed_private=tuple(urlsplit(b).netloc for b in bases), **limits)
 
 
 def score(base, body):

@@ -5,16 +5,16 @@ import socket
 import pytest
 import requests
 
-from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
 from thumblab_dagster.service.app import ServiceSettings, create_app
 from thumblab_dagster_tests.fakes.libraries import clustered, publish_niche
-from thumblab_dagster_tests.service.server import TOKEN, N, score, serving
+from thumblab_dagster_tests.service.server import TOKEN, N, loopback_images, score, serving
 
 
 def test_health_reports_model_and_loaded_niches(service):
     base, _, _ = service
     health = requests.get(f"{base}/health", timeout=10).json()
     assert health["status"] == "ok" and health["model"]["loaded"] and health["model"]["name"] == "ViT-B-32"
+    assert health["model"]["precision"] == "fp32"  # THUMBLAB_CLIP_PRECISION's default
     assert health["niches"]["tech"]["loaded"] and health["niches"]["tech"]["version"].startswith("2026-11-21+")
     assert health["niches"]["gaming"] == {"exists": False, "loaded": False, "version": None, "num_vectors": 0}
 
@@ -47,7 +47,7 @@ def test_a_thin_niche_is_flagged_not_confident(service, clip, tmp_path):
     publish_niche(tmp_path / "pub", "gaming", clustered(3, d=clip.dim, centres=3, seed=4), ["g0", "g1", "g2"],
                   snapshot="2026-11-21", titles=clustered(3, d=clip.dim, centres=3, seed=5),
                   embedding=clip.weights.as_dict())
-    settings = ServiceSettings(publish_dir=str(tmp_path / "pub"), fetch=FetchPolicy(allowed_private=("127.0.0.1",)))
+    settings = ServiceSettings(publish_dir=str(tmp_path / "pub"), fetch=loopback_images(images))
     with serving(create_app(settings, clip=clip)) as base:
         body = score(base, {"title": "a new game", "category": "gaming",
                             "thumbnails": [{"id": "a", "url": f"{images}/thumb.png"}]}).json()
@@ -106,7 +106,8 @@ def test_bad_thumbnail_urls_are_per_thumbnail_errors_never_a_500(service):
     resp = score(base, {"thumbnails": [{"id": k, "url": u} for k, u in urls.items()]})
     assert resp.status_code == 200
     got = {t["id"]: t for t in resp.json()["thumbnails"]}
-    assert f"could not connect to 127.0.0.1:{dead_port}" in got["unreachable"]["error"]
+    # only the image server's port is allowed: refused before connecting (an allowed dead port: test_fetch_bounds)
+    assert f"refused: 127.0.0.1:{dead_port} is not an allowed port" in got["unreachable"]["error"]
     assert "10.0.0.7 is a private address" in got["private"]["error"]
     assert "169.254.169.254 is a link-local address" in got["metadata"]["error"]
     assert "content type text/html is not an image" in got["not-an-image"]["error"]
@@ -139,7 +140,8 @@ def test_the_openapi_schema_describes_what_the_endpoints_return(service):
     base, images, _ = service
     schema = requests.get(f"{base}/openapi.json", timeout=10).json()
     paths = schema["paths"]
-    assert set(paths) == {"/health", "/v1/score", "/internal/index-stats"}
+    assert set(paths) == {"/health", "/v1/score", "/internal/index-stats", "/internal/refresh-library",
+                          "/internal/rebuild-indices", "/internal/runs/{run_id}", "/metrics"}
     post = paths["/v1/score"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ScoreRequest")
     assert {"200", "422"} <= set(post["responses"])

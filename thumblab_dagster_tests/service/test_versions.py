@@ -4,14 +4,12 @@ import threading
 
 import requests
 
-from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
 from thumblab_dagster.service.app import ServiceSettings, create_app
 from thumblab_dagster_tests.fakes.libraries import clustered, publish_niche
-from thumblab_dagster_tests.service.server import score, serving
+from thumblab_dagster_tests.service.server import loopback_images, score, serving
 
 PUBLISHES = 6
 THREADS, REQUESTS_EACH = 4, 5
-LOOPBACK_IMAGES = FetchPolicy(allowed_private=("127.0.0.1",))  # the package's image server
 
 
 def size_of(j: int) -> int:
@@ -48,7 +46,7 @@ def test_concurrent_requests_during_publishes_each_name_one_version(service, cli
         except Exception as exc:  # reported below, from the test's own thread
             failures.append(exc)
 
-    with serving(create_app(ServiceSettings(publish_dir=str(root), fetch=LOOPBACK_IMAGES), clip=clip)) as base:
+    with serving(create_app(ServiceSettings(publish_dir=str(root), fetch=loopback_images(images)), clip=clip)) as base:
         clients = [threading.Thread(target=client, args=(t,)) for t in range(THREADS)]
         for thread in clients:
             thread.start()

@@ -79,6 +79,8 @@ def thumbnail_embeddings(context: dg.AssetExecutionContext, storage: StorageReso
         "pretrained": outcome.weights["pretrained"],
         "weights_loaded": outcome.weights["loaded"],
         "weights_note": outcome.weights["note"] or "none",
+        "precision": outcome.weights.get("precision", "fp32"),
+        "precision_note": outcome.weights.get("precision_note") or "none",
         "dim": outcome.dim,
         "seconds": rounded(outcome.seconds, 2),
     })

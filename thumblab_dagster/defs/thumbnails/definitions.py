@@ -8,7 +8,7 @@ from thumblab_dagster.defs.bound import bound_resources, index_reads_store
 from thumblab_dagster.defs.thumbnails.assets import thumbnail_embeddings, trending_videos
 from thumblab_dagster.defs.thumbnails.checks import collecting_checks
 from thumblab_dagster.defs.thumbnails.index import thumbnail_index_defs
-from thumblab_dagster.defs.thumbnails.schedules import daily_refresh, daily_refresh_schedule
+from thumblab_dagster.defs.thumbnails.schedules import daily_refresh, daily_refresh_schedule, rebuild_indices
 
 SUPABASE_TABLE_ASSET = "supabase_ref_thumbnails"
 
@@ -25,7 +25,7 @@ def thumbnail_definitions(resources: dict) -> dg.Definitions:
     """Everything of the thumbnails collection, for materialising it without the other folders."""
     return dg.Definitions.merge(
         dg.Definitions(assets=[trending_videos, thumbnail_embeddings], asset_checks=collecting_checks,
-                       jobs=[daily_refresh], schedules=[daily_refresh_schedule]),
+                       jobs=[daily_refresh, rebuild_indices], schedules=[daily_refresh_schedule]),
         index_definitions(resources))
 
 

@@ -1,4 +1,4 @@
-"""The thumbnails' job and its 03:00 Australia/Hobart schedule."""
+"""The thumbnails' jobs (daily_refresh, rebuild_indices) and the 03:00 Australia/Hobart schedule."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ daily_refresh = dg.define_asset_job(
     "daily_refresh",
     selection=dg.AssetSelection.groups(GROUP),
     description="Collect, embed, index, check and publish today's thumbnails for every niche.",
+)
+
+# The index tail alone (niche_index, its checks, published_index, index_stats, uploaded_index when
+# configured) over the embeddings already on disk: what the service's /internal/rebuild-indices launches.
+rebuild_indices = dg.define_asset_job(
+    "rebuild_indices",
+    selection=dg.AssetSelection.assets("niche_index").downstream(),
+    description="Rebuild, check and publish the niches' indices from the embeddings already collected.",
 )
 
 # 03:00 Australia/Hobart (the partitions' timezone); each tick requests D|<niche> for all niches.

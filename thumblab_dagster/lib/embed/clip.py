@@ -4,10 +4,15 @@ Weights come from an open_clip pretrained tag (looked up in the local Hugging Fa
 first, downloaded when the hub is reachable) or a local checkpoint file. When neither is
 possible the model runs on random-initialised weights and says so in ``WeightsInfo``, so
 the pipeline keeps working offline and the UI shows that the vectors are not meaningful.
+
+The forwards run in fp32, or in bf16 where that keeps the embeddings (``with_precision``): bf16
+is tried on calibration images and texts at load and kept only when every embedding's cosine to
+fp32's is at least ``MIN_COSINE``; the precision used is recorded in ``WeightsInfo``.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -15,7 +20,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from thumblab_dagster.lib.engine.files import atomic_path
 from thumblab_dagster.lib.settings import SETTING
@@ -35,6 +40,10 @@ DEFAULT_MODEL = SETTING["clip_model"].default
 DEFAULT_PRETRAINED = SETTING["clip_pretrained"].default
 DEFAULT_DEVICE = SETTING["clip_device"].default
 DEFAULT_BATCH_SIZE = SETTING["clip_batch_size"].default
+FP32, BF16, AUTO = "fp32", "bf16", "auto"
+PRECISIONS = (FP32, BF16, AUTO)
+DEFAULT_PRECISION = SETTING["clip_precision"].default
+MIN_COSINE = 0.999  # bf16 is kept only when every calibration embedding is at least this close to fp32's
 RANDOM_WEIGHTS = "none"
 SCHEMA_KEY = b"thumblab"
 EMBEDDING_COLUMN = "embedding"
@@ -48,6 +57,11 @@ class WeightsInfo:
     loaded: bool             # True only when real weights were loaded
     source: str              # where the weights came from, or "random-init"
     note: str = ""
+    # The forwards' precision and why. Not part of the identity (``weights_identity``): bf16 is kept
+    # only when its embeddings stay at cosine >= MIN_COSINE to fp32's, so vectors of either
+    # precision rank alike and may share an index.
+    precision: str = FP32
+    precision_note: str = ""
 
     def as_dict(self) -> dict:
         info = asdict(self)
@@ -134,6 +148,18 @@ class LoadedClip:
     weights: WeightsInfo
     lock: threading.Lock
 
+    @property
+    def precision(self) -> str:
+        """The precision the model's forwards run in (``fp32`` or ``bf16``)."""
+        return self.weights.precision
+
+    @property
+    def dtype(self):
+        """The torch dtype of the model's parameters, which its inputs are cast to."""
+        import torch
+
+        return torch.bfloat16 if self.precision == BF16 else torch.float32
+
 
 def resolve_device(device: str) -> str:
     import torch
@@ -143,10 +169,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_precision(precision: str | None) -> str:
+    """``fp32``, ``bf16`` or ``auto`` (any case; None or blank is the default), or one clear ValueError."""
+    value = str(precision or DEFAULT_PRECISION).strip().lower()
+    if value not in PRECISIONS:
+        raise ValueError(f"unknown CLIP precision {precision!r} (THUMBLAB_CLIP_PRECISION): use fp32, bf16 or auto")
+    return value
+
+
 @functools.lru_cache(maxsize=4)
 def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-              device: str = DEFAULT_DEVICE, cache_dir: str | None = None) -> LoadedClip:
-    """Load (once per process) an open_clip model, its preprocessing and tokenizer."""
+              device: str = DEFAULT_DEVICE, cache_dir: str | None = None, precision: str = DEFAULT_PRECISION,
+              min_cosine: float = MIN_COSINE) -> LoadedClip:
+    """Load (once per process and precision) an open_clip model, its preprocessing and tokenizer.
+
+    ``precision``: ``fp32``; ``bf16``, kept only when the calibration embeddings stay at cosine
+    >= ``min_cosine`` to fp32's (else fp32, with a warning); ``auto``, bf16 only where the device
+    computes it natively. ``weights.precision`` says which runs, ``weights.precision_note`` why.
+    """
+    precision = check_precision(precision)
+    return with_precision(_load_fp32(model_name, pretrained, device, cache_dir), precision, min_cosine=min_cosine)
+
+
+def _load_fp32(model_name: str, pretrained: str | None, device: str, cache_dir: str | None) -> LoadedClip:
     import open_clip
 
     if model_name not in open_clip.list_models():
@@ -214,9 +259,125 @@ def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_
                       device=device, dim=dim, weights=weights, lock=threading.Lock())
 
 
+# --- precision ------------------------------------------------------------------------------
+
+# Titles like the ones scored: short, mixed case, digits and punctuation.
+CALIBRATION_TEXTS = ("I built a mechanical keyboard from scratch", "10 MINUTE beginner workout (no equipment!)",
+                     "The best budget gaming PC in 2026?", "Why the Roman Empire really fell", "vlog #12")
+
+
+def calibration_images(n: int = 4, size: tuple[int, int] = (320, 180)) -> list[Image.Image]:
+    """``n`` deterministic thumbnail-like pictures (gradients, noise, shapes, text), drawn with PIL alone."""
+    rng = np.random.default_rng(12)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    images = []
+    for i in range(n):
+        base = np.stack([x * 255 // width, y * 255 // height, ((x + y) * (i + 2)) % 256], axis=-1)
+        pixels = np.clip(base + rng.integers(-30, 30, base.shape), 0, 255).astype(np.uint8)
+        image = Image.fromarray(np.roll(pixels, i, axis=-1))
+        draw = ImageDraw.Draw(image)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse([width // 8 * (i % 4), height // 6, width // 2 + 20 * i, height - 20], fill=colour)
+        draw.rectangle([width // 2, height // 2, width - 10, height - 10], outline=(255, 255, 255), width=4)
+        draw.text((12, 12), f"TOP {i + 1} TIPS!", fill=(255, 255, 0))
+        images.append(image)
+    return images
+
+
+def native_bf16(device: str) -> bool:
+    """True where bf16 runs in hardware, the only place it is faster than fp32: a GPU that supports
+    it, or a CPU with AVX-512 BF16 or AMX. (oneDNN also reports bf16 support where it emulates it
+    on plain AVX-512, so on Linux the CPU's own flags decide.)"""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device != "cpu":
+        return False
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):  # a torch without the check: assume not
+        return False
+    flags = _cpu_flags()
+    return flags is None or bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return None
+
+
+def cosine_agreement(reference: np.ndarray, other: np.ndarray) -> dict:
+    """Row-wise cosine of two sets of unit vectors: min and mean (how far a fast path strays)."""
+    cosines = np.sum(np.asarray(reference, np.float64) * np.asarray(other, np.float64), axis=1)
+    return {"min": float(cosines.min()), "mean": float(cosines.mean()), "n": int(len(cosines))}
+
+
+def as_bf16(clip: LoadedClip) -> LoadedClip:
+    """A bf16 copy of ``clip``, unchecked (the fp32 model is left as it was: it is the reference).
+    Use ``with_precision``, which keeps it only where it agrees; this is for measuring (benchmarks)."""
+    import torch
+
+    return replace(clip, model=copy.deepcopy(clip.model).to(torch.bfloat16),
+                   weights=replace(clip.weights, precision=BF16), lock=threading.Lock())
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def with_precision(clip: LoadedClip, precision: str, *, min_cosine: float = MIN_COSINE,
+                   images: Sequence[Image.Image] | None = None, texts: Sequence[str] | None = None) -> LoadedClip:
+    """``clip`` (fp32) running in ``precision`` where that keeps its embeddings, else in fp32 saying why.
+
+    bf16 (asked for, or ``auto`` where the device computes it natively) embeds ``images`` and
+    ``texts`` (default: ``calibration_images()`` and ``CALIBRATION_TEXTS``) in both precisions; it
+    is kept when every cosine to fp32 is at least ``min_cosine``, otherwise fp32 is used with a
+    logged warning. Either way ``weights.precision_note`` gives the measured minimum.
+    """
+    precision = check_precision(precision)
+    if clip.precision != FP32:
+        raise ValueError(f"with_precision starts from an fp32 model, not {clip.precision}")
+    if precision == FP32:
+        return clip
+    native = native_bf16(clip.device)
+    if precision == AUTO and not native:
+        return replace(clip, weights=replace(clip.weights, precision_note=(
+            f"auto: fp32, as {clip.device} has no native bf16 (AVX-512 BF16, AMX or a bf16 GPU)")))
+    images = calibration_images() if images is None else list(images)
+    texts = list(CALIBRATION_TEXTS) if texts is None else list(texts)
+    if not images or not texts:
+        raise ValueError("bf16 calibration needs at least one image and one text")
+    fast = as_bf16(clip)
+    agreement = {"images": cosine_agreement(embed_images(clip, images), embed_images(fast, images)),
+                 "texts": cosine_agreement(embed_texts(clip, texts), embed_texts(fast, texts))}
+    worst = min(agreement["images"]["min"], agreement["texts"]["min"])
+    measured = (f"{precision} requested; min cosine to fp32 {worst:.6f} over {_count(len(images), 'calibration image')} "
+                f"and {_count(len(texts), 'text')}")
+    if worst < min_cosine:
+        note = f"{measured}, below {min_cosine}: fp32 used"
+        log.warning("CLIP %s: %s", clip.weights.model, note)
+        return replace(clip, weights=replace(clip.weights, precision_note=note))
+    slow = "" if native else f"; {clip.device} has no native bf16, so bf16 may be slower than fp32 here"
+    note = f"{measured} (>= {min_cosine}): bf16 kept{slow}"
+    (log.info if native else log.warning)("CLIP %s: %s", clip.weights.model, note)
+    return replace(fast, weights=replace(fast.weights, precision_note=note))
+
+
+# --- embedding ------------------------------------------------------------------------------
+
 def embed_images(clip: LoadedClip, images: Sequence[Image.Image], batch_size: int = DEFAULT_BATCH_SIZE,
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """L2-normalised float32 image embeddings, one row per image, in input order."""
+    """L2-normalised float32 image embeddings, one row per image, in input order (bf16 models
+    get bf16 pixels; rows are normalised in float32)."""
     import torch
 
     if batch_size < 1:
@@ -225,7 +386,7 @@ def embed_images(clip: LoadedClip, images: Sequence[Image.Image], batch_size: in
     with clip.lock, torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            pixels = torch.stack([clip.preprocess(img) for img in batch]).to(clip.device)
+            pixels = torch.stack([clip.preprocess(img) for img in batch]).to(clip.device, dtype=clip.dtype)
             feats = clip.model.encode_image(pixels)
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)
             out[start:start + len(batch)] = feats.cpu().numpy()
@@ -235,7 +396,7 @@ def embed_images(clip: LoadedClip, images: Sequence[Image.Image], batch_size: in
 
 
 def embed_texts(clip: LoadedClip, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """L2-normalised float32 text embeddings through CLIP's text tower."""
+    """L2-normalised float32 text embeddings through CLIP's text tower (token ids: no cast for bf16)."""
     import torch
 
     out = np.empty((len(texts), clip.dim), dtype=np.float32)

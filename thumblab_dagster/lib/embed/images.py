@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -31,9 +32,24 @@ from thumblab_dagster.lib.settings import SETTING
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = SETTING["fetch_max_bytes"].default  # declared in lib/settings.py
-# Thumbnails are at most 1280x720; anything far larger is a decompression bomb, not a thumbnail.
+# Thumbnails are at most 1280x720; anything far larger is a decompression bomb, not a thumbnail. The
+# pipeline's (trusted) URLs keep this cap; the service passes its lower THUMBLAB_FETCH_MAX_PIXELS.
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
+# CLIP looks at 224 px: decoding to about twice that keeps its own resize as good as from the full image.
+# A large JPEG is decoded reduced (draft: a 4096 x 4096 one costs a few MB instead of 50); other formats
+# are decoded whole, at most DECODE_SLOTS at once, and kept box-reduced. Thumbnails up to 1280x720 are
+# decoded as before, so their embeddings do not change.
+DECODE_SIDE = 448
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Decoding is CPU-bound (Pillow releases the GIL): more decodes at once than cores only add peak memory.
+DECODE_SLOTS = _cores()
+_decodes = threading.BoundedSemaphore(DECODE_SLOTS)
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 
 CONTENT, TRANSPORT = "content", "transport"
@@ -81,29 +97,47 @@ class FetchResult:
         return self.image is not None
 
 
-def decode_image(data: bytes, source: str | None = None) -> Image.Image:
-    """Decode bytes to an RGB image, refusing non-images, bombs and degenerate sizes."""
+def decode_image(data: bytes, source: str | None = None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode bytes to an RGB image, refusing non-images, bombs and degenerate sizes.
+
+    The size is judged from the header, before any pixel is decoded. A JPEG is decoded reduced (draft)
+    and any image much larger than ``DECODE_SIDE`` is box-reduced, keeping its short side >= ``DECODE_SIDE``;
+    at most ``DECODE_SLOTS`` decodes run at once.
+    """
     prefix = f"{source}: " if source else ""
     if not data:
         raise FetchError(f"{prefix}empty body")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in ALLOWED_FORMATS:
-                raise FetchError(f"{prefix}unsupported image format {img.format}")
-            if img.width * img.height > MAX_PIXELS:
-                raise FetchError(f"{prefix}{img.width}x{img.height} pixels is too large")
-            if min(img.size) < MIN_SIDE:
-                raise FetchError(f"{prefix}{img.width}x{img.height} pixels is too small")
-            img.load()
-    except FetchError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise FetchError(f"{prefix}decompression bomb refused") from None
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise FetchError(f"{prefix}not a readable image ({type(exc).__name__})") from None
-    return img.convert("RGB")
+    with _decodes:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                _check_header(img, prefix, max_pixels)
+                if img.format == "JPEG":  # DCT scaling: 1/2, 1/4 or 1/8 of the pixels are ever decoded
+                    img.draft("RGB", (DECODE_SIDE, DECODE_SIDE))
+                img.load()
+                return _reduced(img.convert("RGB"))
+        except FetchError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise FetchError(f"{prefix}decompression bomb refused") from None
+        except Exception as exc:  # PIL raises many types for corrupt data
+            raise FetchError(f"{prefix}not a readable image ({type(exc).__name__})") from None
+
+
+def _check_header(img: Image.Image, prefix: str, max_pixels: int) -> None:
+    if img.format not in ALLOWED_FORMATS:
+        raise FetchError(f"{prefix}unsupported image format {img.format}")
+    if img.width * img.height > max_pixels:
+        raise FetchError(f"{prefix}{img.width}x{img.height} pixels is too large (the limit is {max_pixels:,} pixels)")
+    if min(img.size) < MIN_SIDE:
+        raise FetchError(f"{prefix}{img.width}x{img.height} pixels is too small")
+
+
+def _reduced(img: Image.Image) -> Image.Image:
+    """``img`` box-reduced by a whole factor when its short side is at least twice ``DECODE_SIDE``."""
+    factor = min(img.size) // DECODE_SIDE
+    return img.reduce(factor) if factor >= 2 else img
 
 
 def _read_http(url: str, session: requests.Session, timeout_s: float, max_bytes: int) -> bytes:

@@ -16,6 +16,19 @@ manifest's checksums, as before. Each publish of a name first removes what a cra
 (staged versions, temp links, versions never made current, older temp files of the flat copy)
 and, once the new version is current, every version but it and the previous one (a running
 reader may still be loading that). Files are ``mode`` (0644), directories ``dir_mode(mode)``.
+
+A collection whose consumers load one directory per name publishes with ``DirectoryLayout``::
+
+    <root>/.versions/<name>/v000002-<snapshot>/   the index directory's files under their own names
+                                                 (``renamed`` where consumers expect another, e.g. the
+                                                 index file) and ``manifest.json``
+    <root>/.versions/<name>/current               symlink -> v000002-<snapshot>, as above
+    <root>/<name>                                 symlink -> .versions/<name>/v000002-<snapshot>, replaced
+                                                 in one step after ``current``
+
+There is no flat copy to refresh file by file: a reader that resolves ``<root>/<name>`` once
+(``load_published``) sees the complete previous set or the complete new one, never a mix.
+A real directory left at ``<root>/<name>`` by an earlier tool is swapped out whole.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,8 +53,10 @@ from thumblab_dagster.lib.engine.files import (
     locked,
     remove_tree,
     sha256_file,
+    swap_in,
 )
 from thumblab_dagster.lib.engine.index_dir import (
+    IDS_FILE,
     INDEX_FILE,
     MANIFEST_FILE,
     IndexIntegrityError,
@@ -63,6 +79,25 @@ class PublishResult:
     published: bool
     reason: str
     paths: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DirectoryLayout:
+    """Publish ``<root>/<name>/`` as one directory (see the module's layout) instead of flat files.
+
+    ``renamed``: index-directory file names -> the names the directory's consumers load (the
+    manifest keeps ``manifest.json``); every other file keeps its name.
+    """
+
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def name_of(self, file: str) -> str:
+        return MANIFEST_FILE if file == MANIFEST_FILE else self.renamed.get(file, file)
+
+
+def _names(name: str, layout: DirectoryLayout | None) -> Callable[[str], str]:
+    """How a name's files are called where they are published."""
+    return layout.name_of if layout is not None else (lambda file: published_name(name, file))
 
 
 # --- where a name's versions live ---------------------------------------------------------
@@ -103,36 +138,48 @@ def _versions(store: Path) -> list[Path]:
 # --- publishing -----------------------------------------------------------------------------
 
 def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name: str,
-            snapshot: str, mode: int = FILE_MODE) -> PublishResult:
+            snapshot: str, mode: int = FILE_MODE, layout: DirectoryLayout | None = None) -> PublishResult:
     """Make a verified index directory ``name``'s published copy (see the module's layout).
 
     ``snapshot`` orders builds (the partition date): an older build never replaces a newer
     one. Publishers of one name take turns (an exclusive lock beside the copy), so parallel
     backfill runs cannot interleave their files or let an older snapshot land last.
+    ``layout`` None: the flat files; a ``DirectoryLayout``: ``<root>/<name>/``.
     """
     root = Path(publish_root)
     if not root.is_dir():
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, dir_mode(mode))
     with locked(root / f".{name}.publish.lock", mode):
-        return _publish_locked(Path(index_dir), root, name, snapshot, mode)
+        return _publish_locked(Path(index_dir), root, name, snapshot, mode, layout)
 
 
-def _publish_locked(index_dir: Path, root: Path, name: str, snapshot: str, mode: int) -> PublishResult:
+def _publish_locked(index_dir: Path, root: Path, name: str, snapshot: str, mode: int,
+                    layout: DirectoryLayout | None) -> PublishResult:
     manifest = read_manifest(index_dir)
     problems = checksum_problems(index_dir, manifest)
     if problems:
         raise IndexIntegrityError(f"not publishing {index_dir}: {'; '.join(problems)}")
     # Every file the manifest covers travels: re-rank vectors, percentile references, metadata.
-    renamed = {file: published_name(name, file) for file in manifest.files}
-    clean_leftovers(root, name, also=renamed.values())
-    newest = published_snapshot(root, name)
+    name_of = _names(name, layout)
+    renamed = {file: name_of(file) for file in manifest.files}
+    clean_leftovers(root, name, also=renamed.values() if layout is None else ())
+    if layout is not None:
+        _repair_name(root, name)
+    newest = published_snapshot(root, name, layout)
     if newest > snapshot:
         return PublishResult(False, f"published copy is from {newest}, newer than {snapshot}")
     store = _make_dirs(root / VERSIONS_DIR, name, mode)
     previous = current_version(root, name)
-    version = _stage_version(index_dir, store, name, snapshot, manifest, renamed, mode)
+    version = _stage_version(index_dir, store, name_of(MANIFEST_FILE), snapshot, manifest, renamed, mode)
     _point_to(store, version.name)
+    if layout is not None:
+        _point_name(root, store, name, version)
+        _prune(store, keep={version.name, previous.name if previous else ""})
+        return PublishResult(True, f"published {snapshot}",
+                             {"directory": str(root / name), **{file: str(root / name / n) for file, n in
+                                                                 renamed.items()},
+                              "manifest": str(root / name / MANIFEST_FILE), "version": str(version)})
     _refresh_flat(version, root, store, name, [*renamed.values(), published_name(name, MANIFEST_FILE)], mode)
     _prune(store, keep={version.name, previous.name if previous else ""})
     names = published_names(name)
@@ -149,12 +196,13 @@ def published_manifest(manifest: Manifest, snapshot: str, index_dir: Path, renam
                             files={renamed[file]: entry.model_dump(mode="json") for file, entry in manifest.files.items()})
 
 
-def published_snapshot(publish_root: str | os.PathLike, name: str) -> str:
+def published_snapshot(publish_root: str | os.PathLike, name: str, layout: DirectoryLayout | None = None) -> str:
     """The newest snapshot published for ``name``: its current version's or its flat copy's ("" for none
     or a broken manifest, which is replaced)."""
-    manifest_name = published_names(name)["manifest"]
+    manifest_name = _names(name, layout)(MANIFEST_FILE)
     current = current_version(publish_root, name)
-    candidates = [Path(publish_root) / manifest_name] + ([current / manifest_name] if current else [])
+    flat = [Path(publish_root) / manifest_name] if layout is None else []
+    candidates = flat + ([current / manifest_name] if current else [])
     snapshots = [""]
     for path in candidates:
         with contextlib.suppress(OSError, IndexIntegrityError):
@@ -175,7 +223,7 @@ def _safe(snapshot: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", snapshot)[:64]
 
 
-def _stage_version(index_dir: Path, store: Path, name: str, snapshot: str, manifest: Manifest,
+def _stage_version(index_dir: Path, store: Path, manifest_name: str, snapshot: str, manifest: Manifest,
                    renamed: dict[str, str], mode: int) -> Path:
     """Copy, verify and fsync a complete version in a staging directory, then rename it into place."""
     sequence = max(map(_sequence, _versions(store)), default=0) + 1
@@ -188,7 +236,7 @@ def _stage_version(index_dir: Path, store: Path, name: str, snapshot: str, manif
                 raise IndexIntegrityError(f"copy of {file} to {store} does not match its checksum; "
                                           "the published copy was left as it was")
         copy = published_manifest(manifest, snapshot, index_dir, renamed)
-        (staged / published_name(name, MANIFEST_FILE)).write_bytes(json_bytes(copy.to_json()))
+        (staged / manifest_name).write_bytes(json_bytes(copy.to_json()))
         finish_tree(staged, mode)
         os.rename(staged, version)
         fsync_dir(store)
@@ -203,6 +251,34 @@ def _point_to(store: Path, version: str) -> None:
     os.symlink(version, link)
     os.replace(link, store / CURRENT)
     fsync_dir(store)
+
+
+def _point_name(root: Path, store: Path, name: str, version: Path) -> None:
+    """Replace ``<root>/<name>`` with a symlink to ``version`` in one step (relative: the root may move)."""
+    link = store / f".{name}.{os.urandom(4).hex()}.link.tmp"   # beside the versions: pruned with them
+    os.symlink(os.path.join(VERSIONS_DIR, name, version.name), link)
+    target = root / name
+    if target.is_dir() and not target.is_symlink():   # a real directory from an earlier tool: swapped out whole
+        swap_in(link, target)
+        remove_tree(link)                               # now the old directory
+    else:
+        os.replace(link, target)
+    fsync_dir(root)
+
+
+def _repair_name(root: Path, name: str) -> None:
+    """Point ``<root>/<name>`` at ``current`` again where a publish was killed between the two links."""
+    current = current_version(root, name)
+    if current is not None and published_directory(root, name) != Path(os.path.realpath(current)):
+        _point_name(root, versions_dir(root, name), name, current)
+
+
+def published_directory(publish_root: str | os.PathLike, name: str) -> Path | None:
+    """The version directory ``<root>/<name>`` names, resolved once (``DirectoryLayout``); None without one."""
+    target = Path(publish_root) / name
+    if not target.is_dir():
+        return None
+    return Path(os.path.realpath(target))
 
 
 def _link_or_copy(source: Path, target: Path, mode: int) -> None:
@@ -266,9 +342,17 @@ def clean_leftovers(publish_root: str | os.PathLike, name: str, also=()) -> list
 
 # --- reading ----------------------------------------------------------------------------------
 
-def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True, flat: bool = False) -> LoadedIndex:
+def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True, flat: bool = False,
+                   layout: DirectoryLayout | None = None) -> LoadedIndex:
     """``name``'s published copy, verified: its current version (resolved once, so never a mix), or the
-    flat files where there is no version (a root published by an earlier release) or ``flat``."""
+    flat files where there is no version (a root published by an earlier release) or ``flat``.
+    With a ``DirectoryLayout``: the directory ``<root>/<name>`` names, resolved once."""
+    if layout is not None:
+        directory = published_directory(publish_root, name)
+        if directory is None:
+            raise FileNotFoundError(f"nothing is published as {name} under {publish_root}")
+        return load_files(directory, layout.name_of(INDEX_FILE), layout.name_of(IDS_FILE),
+                          read_manifest(directory / MANIFEST_FILE), verify)
     names = published_names(name)
     directory = None if flat else current_version(publish_root, name)
     directory = directory or Path(publish_root)

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +34,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     published_names,
     read_manifest,
 )
-from thumblab_dagster.lib.engine.publish import VERSIONS_DIR, current_pointer, resolve_current
+from thumblab_dagster.lib.engine.publish import VERSIONS_DIR, resolve_current
 from thumblab_dagster.lib.engine.versions import VersionedIndex
 from thumblab_dagster.lib.query.fallback import RemoteSearch, answer, remote_reference_count
 from thumblab_dagster.lib.query.results import (
@@ -47,6 +48,7 @@ from thumblab_dagster.lib.query.snapshot import (
     Location,
     Snapshot,
     load_snapshot,
+    published_location,
     reference_count,
     stat_key,
     version_of,
@@ -75,13 +77,16 @@ class ReferenceLibrary:
 
     ``spec`` is the collection's: the names it accepts (plus any found under ``root``), its id
     key, metadata columns, weightings and noun. ``remote`` is an optional ``RemoteSearch`` used
-    when the local index cannot answer.
+    when the local index cannot answer. ``on_search(operation, seconds)``, when set, hears how long
+    each local search took (a service's metrics; nothing here knows an exporter).
     """
 
-    def __init__(self, root: str | os.PathLike, spec: LibrarySpec, *, remote: RemoteSearch | None = None):
+    def __init__(self, root: str | os.PathLike, spec: LibrarySpec, *, remote: RemoteSearch | None = None,
+                 on_search: Callable[[str, float], None] | None = None):
         self.root = Path(root)
         self.spec = spec
         self.remote = remote
+        self.on_search = on_search
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
         self._counts = {"hits": 0, "misses": 0, "loads": 0, "refused": 0}
@@ -202,10 +207,8 @@ class ReferenceLibrary:
         return entry
 
     def _published(self, name: str) -> Location:
-        """A published copy's current version: its manifest, watched through the ``current`` symlink
-        (a new version is a new file), and the symlink, resolved once when it loads."""
-        pointer = current_pointer(self.root, name)
-        return Location("current", pointer / published_names(name)["manifest"], pointer)
+        """A published copy's current version (``published_location``: cached paths)."""
+        return published_location(self.root, name)
 
     def _manifest_path(self, location: Location) -> tuple[Path, Path]:
         if location.kind == "current":
@@ -277,7 +280,9 @@ class ReferenceLibrary:
 
         def local() -> ScoreResult:
             entry = self._local(name, pinned)
+            started = time.perf_counter()
             value, pct, references = entry.score(entry.check_vector(vector), k, weight)
+            self._searched("similarity_percentile", started)
             return self._rated(ScoreResult(round(pct, 4), "local", f"local index {entry.version}", name, k, weight,
                                            round(value, 6), entry.version), references)
 
@@ -299,7 +304,10 @@ class ReferenceLibrary:
 
         def local() -> SimilarResult:
             entry = self._local(name, pinned)
-            return SimilarResult(entry.similar(entry.check_vector(vector), k), source="local",
+            started = time.perf_counter()
+            found = entry.similar(entry.check_vector(vector), k)
+            self._searched("similar", started)
+            return SimilarResult(found, source="local",
                                  reason=f"local index {entry.version}", version=entry.version)
 
         def ask(remote: RemoteSearch, reason: str) -> SimilarResult:
@@ -315,13 +323,19 @@ class ReferenceLibrary:
 
         def local() -> ScoreResult:
             entry = self._local(name, pinned)
+            started = time.perf_counter()
             value, pct, references = entry.side_score(entry.check_vector(vector), k)
+            self._searched("side_percentile", started)
             label = self.spec.side.label if self.spec.side else "side-index"
             return self._rated(ScoreResult(round(pct, 4), "local", f"local {label} vectors {entry.version}", name, k,
                                            None, round(value, 6), entry.version), references)
 
         return answer(name, local, default=lambda reason: ScoreResult(DEFAULT_PERCENTILE, "default", reason, name, k),
                       note=f"default {DEFAULT_PERCENTILE} returned")
+
+    def _searched(self, operation: str, started: float) -> None:
+        if self.on_search is not None:
+            self.on_search(operation, time.perf_counter() - started)
 
     def _rated(self, result: ScoreResult, references: int | None) -> ScoreResult:
         """``result`` with how many references ranked it; below the spec's minimum it is not confident and

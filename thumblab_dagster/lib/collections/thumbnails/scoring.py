@@ -4,12 +4,14 @@
 the columns a similar reference shows, the views-per-hour weighting, the word "niche"). The CLI
 and the HTTP service both go through ``UploadScorer``, so an upload is embedded exactly as the
 pipeline embeds thumbnails (same model, same preprocessing, ``embed_images`` / ``embed_texts``)
-and refused when the niche's index was built with another model.
+and refused when the niche's index was built with another model. The service passes
+``ClipBatchers`` so concurrent requests share CLIP forwards; the rows are the same.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,6 +19,7 @@ from PIL import Image
 
 from thumblab_dagster.lib.collections.thumbnails.niches import NICHES
 from thumblab_dagster.lib.collections.thumbnails.pipeline import PERCENTILE_K, PERCENTILE_WEIGHT, TITLES_KEY
+from thumblab_dagster.lib.embed.batching import ClipBatchers
 from thumblab_dagster.lib.embed.clip import LoadedClip, describe_weights, embed_images, embed_texts, weights_identity
 from thumblab_dagster.lib.query import (
     EmbeddingMismatchError,
@@ -61,13 +64,24 @@ class ImageScore:
                 "similar_source": self.similar.source}
 
 
+def _done(value) -> Future:
+    done: Future = Future()
+    done.set_result(value)
+    return done
+
+
 class UploadScorer:
     """Embeds an upload and scores it against a niche. Pass one ``pin(niche)`` to every call of a request
     (model check, each image, the title) and they all answer from one version of the niche; without
-    it each call pins its own."""
+    it each call pins its own.
 
-    def __init__(self, library: ReferenceLibrary, clip: LoadedClip):
-        self.library, self.clip = library, clip
+    ``batchers`` (the service's): uploads are embedded through cross-request micro-batches of the
+    same model instead of one forward each; without them (the CLI) each call runs its own forward."""
+
+    def __init__(self, library: ReferenceLibrary, clip: LoadedClip, batchers: ClipBatchers | None = None):
+        if batchers is not None and batchers.clip is not clip:
+            raise ValueError("UploadScorer: the batchers must embed with the scorer's own CLIP model")
+        self.library, self.clip, self.batchers = library, clip, batchers
 
     def pin(self, niche: str) -> Pinned:
         """The niche's serving version, taken once for a whole request."""
@@ -91,12 +105,34 @@ class UploadScorer:
 
     def image_vector(self, image: Image.Image, niche: str, pinned: Pinned | None = None) -> np.ndarray:
         self.check_model(niche, pinned)
-        return embed_images(self.clip, [image])[0]
+        return self.batchers.embed_image(image) if self.batchers is not None else embed_images(self.clip, [image])[0]
+
+    def image_vector_soon(self, image: Image.Image) -> Future:
+        """The image's vector, started now (check the model first): with batchers all of a request's
+        images join one batch; without them it is embedded before this returns."""
+        if self.batchers is not None:
+            return self.batchers.embed_image_soon(image)
+        return _done(embed_images(self.clip, [image])[0])
+
+    def title_vector(self, title: str) -> np.ndarray:
+        return self.batchers.embed_text(title) if self.batchers is not None else embed_texts(self.clip, [title])[0]
+
+    def title_vector_soon(self, title: str) -> Future:
+        """The title's vector, started now: with batchers it joins the next text batch while the caller
+        goes on (fetching the thumbnails); without them it is embedded before this returns."""
+        if self.batchers is not None:
+            return self.batchers.embed_text_soon(title)
+        return _done(self.title_vector(title))
 
     def score_image(self, image: Image.Image, niche: str, *, similar_k: int = 5,
                     weight: str | None = None, pinned: Pinned | None = None) -> ImageScore:
         pinned = pinned or self.pin(niche)  # the percentile and the similar references from one version
-        vector = self.image_vector(image, niche, pinned)
+        return self.score_vector(self.image_vector(image, niche, pinned), pinned, similar_k=similar_k, weight=weight)
+
+    @staticmethod
+    def score_vector(vector: np.ndarray, pinned: Pinned, *, similar_k: int = 5,
+                     weight: str | None = None) -> ImageScore:
+        """An image vector (embedded with the checked model) scored against one pinned version."""
         return ImageScore(pinned.similarity_percentile(vector, PERCENTILE_K, weight),
                           pinned.similar(vector, similar_k) if similar_k else
                           SimilarResult([], source="none", reason="not asked for"))
@@ -106,7 +142,9 @@ class UploadScorer:
         pinned = pinned or self.pin(niche)
         return pinned.similar(self.image_vector(image, niche, pinned), k)
 
-    def score_title(self, title: str, niche: str, pinned: Pinned | None = None) -> ScoreResult:
+    def score_title(self, title: str, niche: str, pinned: Pinned | None = None,
+                    vector: Future | None = None) -> ScoreResult:
+        """``vector``: ``title_vector_soon(title)``, when the title was started earlier."""
         pinned = pinned or self.pin(niche)
         self.check_model(niche, pinned)
-        return pinned.side_percentile(embed_texts(self.clip, [title])[0], PERCENTILE_K)
+        return pinned.side_percentile(self.title_vector(title) if vector is None else vector.result(), PERCENTILE_K)
