@@ -1,17 +1,17 @@
-"""Images per second of thumbnail_embeddings' embedding path vs a bare open_clip loop, and fp32 vs bf16.
+"""Images per second of thumbnail_embeddings' embedding path vs a bare open_clip loop, and fp32 vs bf16 / int8.
 
 Prints JSON. Uses ../shared/data/images when present, otherwise rendered sample thumbnails.
 Both sides get the same decoded images, model, batch size and thread count; runs alternate
 so that machine noise hits both alike, and the median of the repeats is reported.
 
-The precision part runs the same images (and ``--texts`` titles) through a bf16 copy of the model
-and reports it beside fp32: images/s, texts/s, and the cosine of every bf16 embedding to its fp32
-one (min/mean; ``THUMBLAB_CLIP_PRECISION=bf16`` keeps bf16 only when the minimum is >= 0.999), plus
-what ``auto`` picks on this machine. bf16 is much slower where the CPU has no native bf16, so its
-runs default to ``--bf16-repeats 1`` (that pass also gives the cosines).
+The precision part runs the same images (and ``--texts`` titles) through a bf16 copy and an int8
+copy (dynamic quantisation of the image tower) of the model and reports each beside fp32:
+images/s, texts/s, and the cosine of every embedding to its fp32 one (min/mean;
+``THUMBLAB_CLIP_PRECISION`` keeps a faster precision only when the minimum is >= 0.999), plus
+what ``auto`` picks on this machine. bf16 is much slower where the CPU has no native bf16, so
+the precision runs default to ``--precision-repeats 1`` (that pass also gives the cosines).
 
-    .venv/bin/python benchmarks/embed_throughput.py [--repeats 3] [--batch-size 32] [--limit N]
-        [--texts 256] [--bf16-repeats 1] [--no-bf16]
+    .venv/bin/python benchmarks/embed_throughput.py [--repeats 3] [--batch-size 32] [--limit N] [--precisions bf16 int8]
 """
 
 import argparse
@@ -28,8 +28,10 @@ import torch
 from thumblab_dagster.lib.collections.thumbnails.sample_source import render_thumbnail
 from thumblab_dagster.lib.embed.clip import (
     AUTO,
+    BF16,
+    FASTER,
+    INT8,
     MIN_COSINE,
-    as_bf16,
     cosine_agreement,
     embed_images,
     embed_texts,
@@ -73,44 +75,39 @@ def timed(fn, count: int) -> tuple[float, object]:
     return count / (time.perf_counter() - start), result
 
 
-def precision_comparison(clip, images, texts, batch_size, repeats, fp32_images_per_s) -> dict:
-    """bf16 beside fp32: speed (images/s, texts/s) and each embedding's cosine to its fp32 one."""
+def precision_comparison(clip, images, texts, batch_size, repeats, fp32_images_per_s,
+                         precisions=(BF16, INT8)) -> dict:
+    """The faster precisions beside fp32: speed (images/s, texts/s) and each embedding's cosine to its fp32 one."""
     repeats = max(1, repeats)
-    fast = as_bf16(clip)
-    embed_images(fast, images[:batch_size], batch_size)  # warm-up
-    embed_texts(fast, texts[:8])
-    fp32_texts, bf16_texts, bf16_images = [], [], []
     reference_images = embed_images(clip, images, batch_size)
-    got_images = got_texts = reference_texts = None
+    fp32_texts, reference_texts = [], None
     for _ in range(repeats):
         speed, reference_texts = timed(lambda: embed_texts(clip, texts), len(texts))
         fp32_texts.append(speed)
-        speed, got_texts = timed(lambda: embed_texts(fast, texts), len(texts))
-        bf16_texts.append(speed)
-        speed, got_images = timed(lambda: embed_images(fast, images, batch_size), len(images))
-        bf16_images.append(speed)
-    cosines = {"images": cosine_agreement(reference_images, got_images),
-               "texts": cosine_agreement(reference_texts, got_texts)}
-    cosines = {tower: {key: round(value, 6) if isinstance(value, float) else value for key, value in c.items()}
-               for tower, c in cosines.items()}
-    bf16 = {"images_per_s": round(statistics.median(bf16_images), 2),
-            "texts_per_s": round(statistics.median(bf16_texts), 2)}
     fp32 = {"images_per_s": round(fp32_images_per_s, 2), "texts_per_s": round(statistics.median(fp32_texts), 2)}
-    auto = with_precision(clip, AUTO)  # calibrates only where bf16 is native
-    worst = min(cosines["images"]["min"], cosines["texts"]["min"])
-    return {
-        "fp32": fp32,
-        "bf16": bf16,
-        "bf16_images_speedup": round(bf16["images_per_s"] / fp32["images_per_s"], 3),
-        "faster_for_images": "bf16" if bf16["images_per_s"] > fp32["images_per_s"] else "fp32",
-        "bf16_cosine_to_fp32": cosines,
-        "min_cosine_required": MIN_COSINE,
-        "bf16_agrees": worst >= MIN_COSINE,
-        "bf16_native_here": native_bf16(clip.device),
-        "auto_picks": auto.precision,
-        "auto_note": auto.weights.precision_note,
-        "bf16_repeats": repeats,
-    }
+    out: dict = {"fp32": fp32, "min_cosine_required": MIN_COSINE, "bf16_native_here": native_bf16(clip.device)}
+    for precision in precisions:
+        fast = FASTER[precision](clip)
+        embed_images(fast, images[:batch_size], batch_size)  # warm-up
+        embed_texts(fast, texts[:8])
+        image_speeds, text_speeds, got_images, got_texts = [], [], None, None
+        for _ in range(repeats):
+            speed, got_texts = timed(lambda fast=fast: embed_texts(fast, texts), len(texts))
+            text_speeds.append(speed)
+            speed, got_images = timed(lambda fast=fast: embed_images(fast, images, batch_size), len(images))
+            image_speeds.append(speed)
+        cosines = {"images": cosine_agreement(reference_images, got_images),
+                   "texts": cosine_agreement(reference_texts, got_texts)}
+        cosines = {tower: {key: round(value, 6) if isinstance(value, float) else value for key, value in c.items()}
+                   for tower, c in cosines.items()}
+        images_per_s = round(statistics.median(image_speeds), 2)
+        out[precision] = {"images_per_s": images_per_s, "texts_per_s": round(statistics.median(text_speeds), 2),
+                          "images_speedup": round(images_per_s / fp32["images_per_s"], 3),
+                          "cosine_to_fp32": cosines,
+                          "agrees": min(cosines["images"]["min"], cosines["texts"]["min"]) >= MIN_COSINE}
+    auto = with_precision(clip, AUTO)  # bf16 where native, else int8 on a CPU, each only if it agrees
+    out.update({"auto_picks": auto.precision, "auto_note": auto.weights.precision_note, "repeats": repeats})
+    return out
 
 
 def main(argv=None):
@@ -119,9 +116,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--model", default="ViT-B-32")
-    ap.add_argument("--texts", type=int, default=256, help="titles through the text tower, fp32 and bf16")
-    ap.add_argument("--bf16-repeats", type=int, default=1)
-    ap.add_argument("--no-bf16", action="store_true", help="skip the precision comparison")
+    ap.add_argument("--texts", type=int, default=256, help="titles through the text tower, in each precision")
+    ap.add_argument("--precision-repeats", type=int, default=1)
+    ap.add_argument("--precisions", nargs="*", default=[BF16, INT8], help="compared with fp32 (none: skip)")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()[0]
 
@@ -165,9 +162,9 @@ def main(argv=None):
         "ratio": round(statistics.median(ours) / statistics.median(bare), 3),
         "target_ratio": 0.9,
     }
-    if not args.no_bf16:
+    if args.precisions:
         result["precision"] = precision_comparison(clip, images, titles(args.texts), args.batch_size,
-                                                   args.bf16_repeats, statistics.median(ours))
+                                                   args.precision_repeats, statistics.median(ours), args.precisions)
     result["load_average_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     print(json.dumps(result, indent=2))
     return 0 if result["ratio"] >= 0.9 else 1

@@ -109,8 +109,8 @@ def serve(args: argparse.Namespace) -> None:
     from thumblab_dagster.lib.embed.untrusted_fetch import FetchPolicy
     from thumblab_dagster.service.app import ServiceSettings, create_app
 
-    clip = load_clip("ViT-B-32", args.pretrained, "cpu")
-    publish_references(args.workdir, clip, args.references)
+    publish_references(args.workdir, load_clip("ViT-B-32", args.pretrained, "cpu"), args.references)  # fp32, as built
+    clip = load_clip("ViT-B-32", args.pretrained, "cpu", precision=args.precision)  # what the service runs
     settings = ServiceSettings(publish_dir=str(args.workdir / "pub"),
                                fetch=FetchPolicy(allowed_private=(args.image_host,)),
                                batch_window_ms=args.window_ms, batch_max=args.batch_max)
@@ -120,7 +120,9 @@ def serve(args: argparse.Namespace) -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)  # requests queue here until uvicorn serves: the ready line may come first
     print(json.dumps({"base": f"http://127.0.0.1:{sock.getsockname()[1]}",
-                      "model": describe_weights(clip.weights.as_dict()), "torch_threads": torch.get_num_threads()}),
+                      "model": describe_weights(clip.weights.as_dict()),
+                      "precision": clip.precision, "precision_note": clip.weights.precision_note,
+                      "torch_threads": torch.get_num_threads()}),
           flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", backlog=1024)).run(sockets=[sock])
 
@@ -198,7 +200,7 @@ def drive(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="service-load-") as tmp:
         command = [sys.executable, __file__, "--serve", "--workdir", tmp, "--references", str(args.references),
                    "--pretrained", args.pretrained, "--window-ms", str(args.window_ms),
-                   "--batch-max", str(args.batch_max), "--image-host", image_host]
+                   "--batch-max", str(args.batch_max), "--precision", args.precision, "--image-host", image_host]
         child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
         try:
             line = child.stdout.readline()
@@ -220,7 +222,9 @@ def drive(args: argparse.Namespace) -> dict:
             "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                         "load_average_before": [round(x, 2) for x in load_before],
                         "load_average_after": [round(x, 2) for x in os.getloadavg()]},
-            "service": {"model": ready["model"], "torch_threads": ready["torch_threads"], "references": args.references,
+            "service": {"model": ready["model"], "precision": ready["precision"],
+                        "precision_note": ready["precision_note"], "torch_threads": ready["torch_threads"],
+                        "references": args.references,
                         "thumbnail": thumbnail,
                         "batching": {"window_ms": args.window_ms, "max": args.batch_max}},
             "levels": levels,
@@ -242,6 +246,7 @@ def main() -> None:
     parser.add_argument("--pretrained", default="none", help="open_clip tag or checkpoint (default: random weights)")
     parser.add_argument("--window-ms", type=float, default=5.0, help="THUMBLAB_BATCH_WINDOW_MS")
     parser.add_argument("--batch-max", type=int, default=32, help="THUMBLAB_BATCH_MAX (1: no cross-request batching)")
+    parser.add_argument("--precision", default="fp32", help="THUMBLAB_CLIP_PRECISION (fp32, bf16, int8, auto)")
     parser.add_argument("--size", type=size, default=(1280, 720), help="thumbnail size, WxH")
     parser.add_argument("--image", type=Path, default=None, help="a photo to serve (default: the first shared one)")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per request")

@@ -151,8 +151,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clip_batch_size", "THUMBLAB_CLIP_BATCH_SIZE", int, 32, target="embedder.batch_size", ge=1,
             doc="images per forward pass"),
     Setting("clip_precision", "THUMBLAB_CLIP_PRECISION", str, "fp32", target="embedder.precision",
-            choices=("fp32", "bf16", "auto"), case="lower",
-            doc="`fp32`, `bf16`, or `auto` (bf16 only where the CPU or GPU computes it natively). bf16 is kept only "
+            choices=("fp32", "bf16", "int8", "auto"), case="lower",
+            doc="`fp32`, `bf16`, `int8` (dynamic int8 quantisation of the Linear layers, CPU only) or `auto` (bf16 "
+                "where the CPU or GPU computes it natively, else int8 on a CPU). A faster precision is kept only "
                 "when its embeddings of calibration images and texts stay at cosine >= 0.999 to fp32 at load; "
                 "otherwise fp32 with a warning. The precision used is recorded with the embeddings and in `/health`"),
     Setting("fetch_workers", "THUMBLAB_FETCH_WORKERS", int, 8, target="thumbnail_fetch.max_workers", ge=1, le=64,

@@ -1,6 +1,7 @@
-"""bf16 for CLIP: kept only where its embeddings agree with fp32's (cosine >= 0.999), recorded either way."""
+"""bf16 and int8 for CLIP: kept only where the embeddings agree with fp32's (cosine >= 0.999), recorded either way."""
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from thumblab_dagster.lib.embed.clip import (
     BF16,
     FP32,
+    INT8,
     MIN_COSINE,
     calibration_images,
     cosine_agreement,
@@ -64,21 +66,29 @@ def test_bf16_that_strays_falls_back_to_fp32_and_says_so(clip, pictures, caplog)
     np.testing.assert_allclose(embed_images(kept, pictures), embed_images(clip, pictures), atol=1e-6)
 
 
-def test_fp32_is_the_model_as_loaded_and_auto_uses_bf16_only_where_it_is_native(clip):
+def test_int8_quantises_the_image_tower_and_stays_within_cosine_0999_of_fp32(clip, pictures):
+    fast = with_precision(clip, INT8, min_cosine=0.0, images=calibration_images(1), texts=TITLES[:1])
+    assert fast.precision == INT8 and "int8 kept" in fast.weights.precision_note
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in fast.model.visual.modules())
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in clip.model.modules())  # reference kept
+    assert cosine_agreement(embed_images(clip, pictures), embed_images(fast, pictures))["min"] >= MIN_COSINE
+    np.testing.assert_allclose(embed_texts(fast, TITLES), embed_texts(clip, TITLES), atol=1e-5)  # text tower: fp32
+    assert weights_identity(fast.weights.as_dict()) == weights_identity(clip.weights.as_dict())
+    with pytest.raises(ValueError, match="int8 CLIP runs on the CPU only"):
+        with_precision(replace(clip, device="cuda"), INT8)
+
+
+def test_fp32_is_the_model_as_loaded_and_auto_tries_bf16_where_native_else_int8(clip):
     assert with_precision(clip, "FP32") is clip
     auto = with_precision(clip, "auto", images=calibration_images(1), texts=TITLES[:1])
-    if native_bf16("cpu"):
-        assert auto.precision in (BF16, FP32) and "auto requested; min cosine" in auto.weights.precision_note
-    else:  # no calibration at all: bf16 would only be slower here
-        assert auto.precision == FP32 and auto.model is clip.model
-        assert "no native bf16" in auto.weights.precision_note
+    tried = BF16 if native_bf16("cpu") else INT8
+    assert auto.precision in (tried, FP32) and f"auto ({tried}) requested; min cosine" in auto.weights.precision_note
 
 
 def test_the_precision_reaches_the_weights_info_through_load_clip():
-    # auto: cheap where bf16 is not native (no calibration), and the same path as bf16 where it is
     loaded = load_clip("ViT-B-32", "none", "cpu", precision="auto")
     info = loaded.weights.as_dict()
-    assert info["precision"] == loaded.precision and info["precision"] in (FP32, BF16)
+    assert info["precision"] == loaded.precision and info["precision"] in (FP32, BF16, INT8)
     assert info["precision_note"].startswith("auto")
     assert info["identity"] == "ViT-B-32|random-init"  # precision is not part of it
     assert loaded is load_clip("ViT-B-32", "none", "cpu", precision="auto")  # cached per precision
@@ -87,11 +97,11 @@ def test_the_precision_reaches_the_weights_info_through_load_clip():
 
 def test_a_bad_precision_is_one_clear_line():
     with pytest.raises(ValueError, match=r"unknown CLIP precision 'fp16' \(THUMBLAB_CLIP_PRECISION\): use fp32, "
-                                         r"bf16 or auto"):
+                                         r"bf16, int8 or auto"):
         load_clip("ViT-B-32", "none", "cpu", precision="fp16")
     assert load_settings({"THUMBLAB_CLIP_PRECISION": " BF16 "}).clip_precision == BF16
     assert load_settings({}).clip_precision == FP32
-    with pytest.raises(SettingsError, match="THUMBLAB_CLIP_PRECISION='fp16': use fp32, bf16 or auto"):
+    with pytest.raises(SettingsError, match="THUMBLAB_CLIP_PRECISION='fp16': use fp32, bf16, int8 or auto"):
         load_settings({"THUMBLAB_CLIP_PRECISION": "fp16"})
 
 

@@ -5,9 +5,12 @@ first, downloaded when the hub is reachable) or a local checkpoint file. When ne
 possible the model runs on random-initialised weights and says so in ``WeightsInfo``, so
 the pipeline keeps working offline and the UI shows that the vectors are not meaningful.
 
-The forwards run in fp32, or in bf16 where that keeps the embeddings (``with_precision``): bf16
-is tried on calibration images and texts at load and kept only when every embedding's cosine to
-fp32's is at least ``MIN_COSINE``; the precision used is recorded in ``WeightsInfo``.
+The forwards run in fp32, or in a faster precision where that keeps the embeddings
+(``with_precision``): bf16 (fast only where the hardware computes it) or int8 (dynamic int8
+quantisation of the Linear layers, CPU) is tried on calibration images and texts at load and kept
+only when every embedding's cosine to fp32's is at least ``MIN_COSINE``; the precision used is
+recorded in ``WeightsInfo``. int8 quantises each forward's activations with one scale per batch,
+so a row may move slightly (within that cosine) with its batch companions; fp32 and bf16 rows do not.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ DEFAULT_MODEL = SETTING["clip_model"].default
 DEFAULT_PRETRAINED = SETTING["clip_pretrained"].default
 DEFAULT_DEVICE = SETTING["clip_device"].default
 DEFAULT_BATCH_SIZE = SETTING["clip_batch_size"].default
-FP32, BF16, AUTO = "fp32", "bf16", "auto"
-PRECISIONS = (FP32, BF16, AUTO)
+FP32, BF16, INT8, AUTO = "fp32", "bf16", "int8", "auto"
+PRECISIONS = (FP32, BF16, INT8, AUTO)
 DEFAULT_PRECISION = SETTING["clip_precision"].default
 MIN_COSINE = 0.999  # bf16 is kept only when every calibration embedding is at least this close to fp32's
 RANDOM_WEIGHTS = "none"
@@ -170,10 +173,10 @@ def resolve_device(device: str) -> str:
 
 
 def check_precision(precision: str | None) -> str:
-    """``fp32``, ``bf16`` or ``auto`` (any case; None or blank is the default), or one clear ValueError."""
+    """``fp32``, ``bf16``, ``int8`` or ``auto`` (any case; None or blank is the default), or one clear ValueError."""
     value = str(precision or DEFAULT_PRECISION).strip().lower()
     if value not in PRECISIONS:
-        raise ValueError(f"unknown CLIP precision {precision!r} (THUMBLAB_CLIP_PRECISION): use fp32, bf16 or auto")
+        raise ValueError(f"unknown CLIP precision {precision!r} (THUMBLAB_CLIP_PRECISION): use fp32, bf16, int8 or auto")
     return value
 
 
@@ -183,9 +186,10 @@ def load_clip(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_
               min_cosine: float = MIN_COSINE) -> LoadedClip:
     """Load (once per process and precision) an open_clip model, its preprocessing and tokenizer.
 
-    ``precision``: ``fp32``; ``bf16``, kept only when the calibration embeddings stay at cosine
-    >= ``min_cosine`` to fp32's (else fp32, with a warning); ``auto``, bf16 only where the device
-    computes it natively. ``weights.precision`` says which runs, ``weights.precision_note`` why.
+    ``precision``: ``fp32``; ``bf16`` or ``int8``, kept only when the calibration embeddings stay at
+    cosine >= ``min_cosine`` to fp32's (else fp32, with a warning); ``auto``, bf16 where the device
+    computes it natively, else int8 on a CPU, each under the same check. ``weights.precision``
+    says which runs, ``weights.precision_note`` why.
     """
     precision = check_precision(precision)
     return with_precision(_load_fp32(model_name, pretrained, device, cache_dir), precision, min_cosine=min_cosine)
@@ -321,6 +325,25 @@ def cosine_agreement(reference: np.ndarray, other: np.ndarray) -> dict:
     return {"min": float(cosines.min()), "mean": float(cosines.mean()), "n": int(len(cosines))}
 
 
+def as_int8(clip: LoadedClip) -> LoadedClip:
+    """An int8 copy of ``clip`` (dynamic quantisation of the image tower's Linear layers; CPU only), unchecked.
+    Use ``with_precision``, which keeps it only where it agrees; this is for measuring (benchmarks)."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    if clip.device != "cpu":
+        raise ValueError(f"int8 CLIP runs on the CPU only, not {clip.device}: use fp32 or bf16 there")
+    with warnings.catch_warnings():  # torch points eager quantisation users at torchao; it still works as documented
+        warnings.simplefilter("ignore")
+        model = copy.deepcopy(clip.model)
+        # the image tower only: it is most of the cost, and open_clip's text tower reads its Linear
+        # weights' dtype, which a quantised Linear no longer has as a tensor
+        model.visual = quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
+    return replace(clip, model=model, weights=replace(clip.weights, precision=INT8), lock=threading.Lock())
+
+
 def as_bf16(clip: LoadedClip) -> LoadedClip:
     """A bf16 copy of ``clip``, unchecked (the fp32 model is left as it was: it is the reference).
     Use ``with_precision``, which keeps it only where it agrees; this is for measuring (benchmarks)."""
@@ -328,6 +351,9 @@ def as_bf16(clip: LoadedClip) -> LoadedClip:
 
     return replace(clip, model=copy.deepcopy(clip.model).to(torch.bfloat16),
                    weights=replace(clip.weights, precision=BF16), lock=threading.Lock())
+
+
+FASTER: dict[str, Callable[[LoadedClip], LoadedClip]] = {BF16: as_bf16, INT8: as_int8}  # unchecked copies
 
 
 def _count(n: int, noun: str) -> str:
@@ -338,10 +364,11 @@ def with_precision(clip: LoadedClip, precision: str, *, min_cosine: float = MIN_
                    images: Sequence[Image.Image] | None = None, texts: Sequence[str] | None = None) -> LoadedClip:
     """``clip`` (fp32) running in ``precision`` where that keeps its embeddings, else in fp32 saying why.
 
-    bf16 (asked for, or ``auto`` where the device computes it natively) embeds ``images`` and
-    ``texts`` (default: ``calibration_images()`` and ``CALIBRATION_TEXTS``) in both precisions; it
-    is kept when every cosine to fp32 is at least ``min_cosine``, otherwise fp32 is used with a
-    logged warning. Either way ``weights.precision_note`` gives the measured minimum.
+    bf16 or int8 (asked for, or ``auto``: bf16 where the device computes it natively, else int8 on
+    a CPU) embeds ``images`` and ``texts`` (default: ``calibration_images()`` and
+    ``CALIBRATION_TEXTS``) in both precisions; it is kept when every cosine to fp32 is at least
+    ``min_cosine``, otherwise fp32 is used with a logged warning. Either way
+    ``weights.precision_note`` gives the measured minimum.
     """
     precision = check_precision(precision)
     if clip.precision != FP32:
@@ -349,26 +376,31 @@ def with_precision(clip: LoadedClip, precision: str, *, min_cosine: float = MIN_
     if precision == FP32:
         return clip
     native = native_bf16(clip.device)
-    if precision == AUTO and not native:
-        return replace(clip, weights=replace(clip.weights, precision_note=(
-            f"auto: fp32, as {clip.device} has no native bf16 (AVX-512 BF16, AMX or a bf16 GPU)")))
+    requested = precision
+    if precision == AUTO:
+        if not native and clip.device != "cpu":
+            return replace(clip, weights=replace(clip.weights, precision_note=(
+                f"auto: fp32, as {clip.device} has no native bf16 and int8 runs on the CPU only")))
+        precision = BF16 if native else INT8
     images = calibration_images() if images is None else list(images)
     texts = list(CALIBRATION_TEXTS) if texts is None else list(texts)
     if not images or not texts:
-        raise ValueError("bf16 calibration needs at least one image and one text")
-    fast = as_bf16(clip)
+        raise ValueError(f"{precision} calibration needs at least one image and one text")
+    fast = FASTER[precision](clip)
     agreement = {"images": cosine_agreement(embed_images(clip, images), embed_images(fast, images)),
                  "texts": cosine_agreement(embed_texts(clip, texts), embed_texts(fast, texts))}
     worst = min(agreement["images"]["min"], agreement["texts"]["min"])
-    measured = (f"{precision} requested; min cosine to fp32 {worst:.6f} over {_count(len(images), 'calibration image')} "
+    asked = precision if requested == precision else f"{requested} ({precision})"
+    measured = (f"{asked} requested; min cosine to fp32 {worst:.6f} over {_count(len(images), 'calibration image')} "
                 f"and {_count(len(texts), 'text')}")
     if worst < min_cosine:
         note = f"{measured}, below {min_cosine}: fp32 used"
         log.warning("CLIP %s: %s", clip.weights.model, note)
         return replace(clip, weights=replace(clip.weights, precision_note=note))
-    slow = "" if native else f"; {clip.device} has no native bf16, so bf16 may be slower than fp32 here"
-    note = f"{measured} (>= {min_cosine}): bf16 kept{slow}"
-    (log.info if native else log.warning)("CLIP %s: %s", clip.weights.model, note)
+    slow = "" if native or precision != BF16 else f"; {clip.device} has no native bf16, so bf16 may be slower " \
+                                                   "than fp32 here"
+    note = f"{measured} (>= {min_cosine}): {precision} kept{slow}"
+    (log.warning if slow else log.info)("CLIP %s: %s", clip.weights.model, note)
     return replace(fast, weights=replace(fast.weights, precision_note=note))
 
 
