@@ -45,3 +45,15 @@ def timestamp(value: str | datetime | float | None) -> dg.MetadataValue | str:
 
 def rounded(value: float | None, digits: int = 4) -> dg.MetadataValue | str:
     return "none" if value is None else dg.MetadataValue.float(round(float(value), digits))
+
+
+def search_quality(stats: dict, path: str | os.PathLike) -> dict[str, Any]:
+    """The engine's index stats every collection shows alike: latency, self-retrieval, neighbour similarity."""
+    return {
+        "latency_ms_p50": rounded(stats["latency_ms_p50"], 3),
+        "latency_ms_p99": rounded(stats["latency_ms_p99"], 3),
+        "self_retrieval_rate": rounded(stats["self_retrieval_rate"]),
+        "nn_similarity_quantiles": dg.MetadataValue.json({k: round(v, 4) for k, v in
+                                                          stats["nn_similarity_quantiles"].items()}),
+        "path": dg.MetadataValue.path(str(path)),
+    }

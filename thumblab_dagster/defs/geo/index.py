@@ -9,7 +9,7 @@ from thumblab_dagster.defs.geo.assets import pixel_store
 from thumblab_dagster.defs.geo.partitions import GROUP, OWNERS, TAGS, viewport_partitions
 from thumblab_dagster.defs.geo.where import where
 from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail
-from thumblab_dagster.defs.metadata import ROW_COUNT, rounded
+from thumblab_dagster.defs.metadata import ROW_COUNT, rounded, search_quality
 from thumblab_dagster.lib.collections.geo import pipeline
 from thumblab_dagster.lib.collections.geo.discovery import UnknownViewportError, find_mosaic
 from thumblab_dagster.lib.engine.index_dir import read_manifest
@@ -73,12 +73,7 @@ def measure(context) -> Measured:
         "factory": stats["factory"],
         "total_bytes": stats["total_bytes"],
         "threshold_search_ms": rounded(stats["threshold_search_ms"], 2),
-        "latency_ms_p50": rounded(stats["latency_ms_p50"], 3),
-        "latency_ms_p99": rounded(stats["latency_ms_p99"], 3),
-        "self_retrieval_rate": rounded(stats["self_retrieval_rate"]),
-        "nn_similarity_quantiles": dg.MetadataValue.json({k: round(v, 4) for k, v in
-                                                          stats["nn_similarity_quantiles"].items()}),
-        "path": dg.MetadataValue.path(str(layout.stats(viewport_id))),
+        **search_quality(stats, layout.stats(viewport_id)),
     }, {"nearest-neighbour similarity of sampled pixels": histogram})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail
-from thumblab_dagster.defs.metadata import ROW_COUNT, rounded, timestamp
+from thumblab_dagster.defs.metadata import ROW_COUNT, rounded, search_quality, timestamp
 from thumblab_dagster.defs.thumbnails.assets import thumbnail_embeddings
 from thumblab_dagster.defs.thumbnails.partitions import (
     GROUP,
@@ -88,12 +88,7 @@ def measure(context) -> Measured:
         "file_size_bytes": stats["file_size_bytes"],
         "last_modified": timestamp(stats["last_modified"]),
         "build_seconds": rounded(stats["build_seconds"], 3),
-        "latency_ms_p50": rounded(stats["latency_ms_p50"], 3),
-        "latency_ms_p99": rounded(stats["latency_ms_p99"], 3),
-        "self_retrieval_rate": rounded(stats["self_retrieval_rate"]),
-        "nn_similarity_quantiles": dg.MetadataValue.json({k: round(v, 4) for k, v in
-                                                          stats["nn_similarity_quantiles"].items()}),
-        "path": dg.MetadataValue.path(str(layout.stats(niche, date))),
+        **search_quality(stats, layout.stats(niche, date)),
     }, pictures)
 
 
