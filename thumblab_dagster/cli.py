@@ -6,7 +6,6 @@ one line), 3 no index could answer and the default percentile was returned.
 """
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -233,7 +232,8 @@ def stats(root, as_json):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @ROOT_OPTION
 def serve(host, port, root):
-    """The scoring HTTP service: /health, POST /v1/score, /internal/index-stats (docs at /docs)."""
+    """The scoring HTTP service: /health, POST /v1/score, POST /api/faiss/search (geo), /internal/index-stats
+    (docs at /docs)."""
     import uvicorn
 
     from thumblab_dagster.service.app import ServiceSettings, create_app
@@ -441,24 +441,18 @@ def echo_build(result) -> None:
 
 
 def open_viewport(viewport_id: str, root: str | None):
-    """The published viewport's store (its directory resolved once), or one line and exit 1."""
-    from thumblab_dagster.lib.collections.geo.metadata import check_viewport_id
+    """The published viewport's store (its directory resolved once, as the service opens it), or one line and exit 1."""
     from thumblab_dagster.lib.collections.geo.pipeline import published_viewports
-    from thumblab_dagster.lib.collections.geo.store import PixelStore
+    from thumblab_dagster.lib.collections.geo.published import NotPublished, open_published
 
     layout = geo_layout(settings(), root)
     try:
-        check_viewport_id(viewport_id)
-    except ValueError as exc:
-        fail(str(exc))
-    directory = layout.viewport(viewport_id)
-    if not (directory / "metadata.json").is_file():
+        return open_published(layout.published, viewport_id).store
+    except NotPublished:
         known = ", ".join(published_viewports(layout)) or "none"
-        fail(f"unknown viewport {viewport_id}: nothing is published as {directory} (published: {known}); "
-             "build it first with `thumblab geo build MOSAIC.tif`")
-    try:
-        return PixelStore(Path(os.path.realpath(directory)))
-    except ValueError as exc:
+        fail(f"unknown viewport {viewport_id}: nothing is published as {layout.viewport(viewport_id)} "
+             f"(published: {known}); build it first with `thumblab geo build MOSAIC.tif`")
+    except ValueError as exc:   # an unsafe id, or a broken published set
         fail(str(exc))
 
 

@@ -32,6 +32,7 @@ from thumblab_dagster.lib.query.snapshot import Snapshot
 from thumblab_dagster.lib.query.spec import NAME_PATTERN
 from thumblab_dagster.lib.settings import SETTING, SettingsError, load_settings
 from thumblab_dagster.service.docs import serve_offline_docs
+from thumblab_dagster.service.geo import geo_router
 from thumblab_dagster.service.guard import BodyGuard, ValidationErrors, text, validation_error
 from thumblab_dagster.service.metrics import Metrics, RequestMetrics
 from thumblab_dagster.service.ops import operations_router
@@ -286,6 +287,8 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
 
     # refresh-library, rebuild-indices and runs/{run_id}: Dagster runs through its GraphQL API (service/ops.py)
     app.include_router(operations_router(settings.dagster_url, require_token))
+    # /api/faiss/search and /api/faiss/viewports: the geo viewports published beside the niches (service/geo.py)
+    app.include_router(geo_router(settings.publish_dir, on_search=metrics.observe_search))
 
     # Open, like most scrape targets: counts and timings only, no secret, URL or caller input in a label.
     @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response,

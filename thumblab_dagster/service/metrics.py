@@ -5,7 +5,8 @@ process, as in the tests, never share or clash).
   ``route`` and ``status``: every request, counted by ``RequestMetrics`` (pure ASGI, the outermost
   middleware, so a 413 from the body guard and a 500 count too). ``route`` is the route's template
   (``/internal/runs/{run_id}``), never the raw path; a path no route serves is ``unmatched``.
-- ``thumblab_search_duration_seconds{operation}``: the library's local searches (its ``on_search`` hook).
+- ``thumblab_search_duration_seconds{operation}``: the library's local searches (its ``on_search`` hook)
+  and the geo threshold searches of ``/api/faiss/search`` (``geo_threshold``).
 - ``thumblab_index_cache_{hits,misses,loads,refused}_total``, ``thumblab_index_loaded``,
   ``thumblab_index_last_load_seconds`` and ``thumblab_index_serving_info{name,version}``: read from
   ``library.cache_stats()`` when scraped (the library keeps the counts; nothing is copied).

@@ -141,7 +141,8 @@ def test_the_openapi_schema_describes_what_the_endpoints_return(service):
     schema = requests.get(f"{base}/openapi.json", timeout=10).json()
     paths = schema["paths"]
     assert set(paths) == {"/health", "/v1/score", "/internal/index-stats", "/internal/refresh-library",
-                          "/internal/rebuild-indices", "/internal/runs/{run_id}", "/metrics"}
+                          "/internal/rebuild-indices", "/internal/runs/{run_id}", "/metrics",
+                          "/api/faiss/search", "/api/faiss/viewports"}
     post = paths["/v1/score"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ScoreRequest")
     assert {"200", "422"} <= set(post["responses"])

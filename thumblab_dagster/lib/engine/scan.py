@@ -7,7 +7,7 @@ offset`` (``CodeScale``); their norms ``|x|`` are computed once when the codes a
     q . x = code . (q * scale) + q . offset
 
 so each block is one cast of ``uint8`` to ``float32`` and one row-by-row inner product, in blocks
-small enough to stay in a core's cache (``CHUNK_ROWS``), on ``workers`` threads (numpy's cast and
+sized for the kernel calls to dominate (``CHUNK_ROWS``), on ``workers`` threads (numpy's cast and
 faiss's kernel both release the GIL). Cosine = ``q . x / (|q| |x|)``; rows with ``|x| == 0`` score 0 (as a
 zero vector does after ``faiss.normalize_L2``), and excluded rows never appear.
 
@@ -30,7 +30,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-CHUNK_ROWS = 1024        # uint8 -> float32 buffer of 1024 x 128 x 4 = 512 KiB: stays in L2 with its source
+# uint8 -> float32 buffer of 8192 x 128 x 4 = 4 MiB a worker: fewer, longer kernel calls; on 4 M x 128 random
+# codes (2 cores) 1024 rows scanned 32, 4096 38, 8192 51 and 16384 45 M rows/s
+CHUNK_ROWS = 8192
 BLOCK_ROWS = 1 << 18     # rows a worker scores before selecting its best (bounds the candidates kept)
 DEFAULT_WORKERS = 2
 
@@ -68,7 +70,7 @@ class CodeScale:
         return out
 
 
-def code_norms(codes: np.ndarray, scale: CodeScale, chunk_rows: int = CHUNK_ROWS * 4) -> np.ndarray:
+def code_norms(codes: np.ndarray, scale: CodeScale, chunk_rows: int = 4096) -> np.ndarray:
     """``|x|`` of every decoded row (float32), a few cache-sized chunks at a time."""
     codes = np.asarray(codes)
     out = np.empty(len(codes), dtype=np.float32)

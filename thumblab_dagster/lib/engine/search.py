@@ -23,7 +23,8 @@ IVF = re.compile(r"IVF(\d+)")
 
 # --- OpenMP threads per call ------------------------------------------------------------------
 # A single query is fastest on one OpenMP thread: a team of threads costs more to wake and join
-# than its share of a 13,500 x 512 scan saves (0.80 ms on 1 thread, 1.93 ms on 2, measured), and
+# than its share of a 13,500 x 512 scan saves (p50 2.09 ms on 1 thread, 2.95 ms on 2 on this 2-core
+# AVX2 EPYC, benchmarks/query_latency.py; DESIGN.md's machine: 0.80 and 1.93), and
 # on a busy machine a spinning team is worse still. Batches want every core. faiss-cpu's wheel
 # ships GNU libgomp, whose thread count (the nthreads-var ICV) belongs to the calling thread:
 # omp_set_num_threads in one Python thread leaves the others, and threads started later, on the

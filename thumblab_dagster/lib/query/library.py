@@ -28,6 +28,7 @@ import numpy as np
 
 from thumblab_dagster.lib.engine.index_dir import (
     INDEX_FILE,
+    MANIFEST_FILE,
     IndexIntegrityError,
     file_path,
     parse_manifest,
@@ -72,6 +73,14 @@ class _Slot:
     retry_at: dict[str, float] = field(default_factory=dict)   # version -> monotonic time of the next try
 
 
+def _servable(directory: Path, name: str) -> bool:
+    """A version this library can answer from: the published layout (``<name>_manifest.json``) or an
+    index directory (``manifest.json`` beside ``index.faiss``). Other sets published under the same
+    root (another collection's own layout) are not its names."""
+    return (directory / published_names(name)["manifest"]).exists() or \
+        ((directory / MANIFEST_FILE).exists() and (directory / INDEX_FILE).exists())
+
+
 class ReferenceLibrary:
     """Thread-safe access to every name's latest verified index under ``root``.
 
@@ -101,10 +110,11 @@ class ReferenceLibrary:
             for path in self.root.iterdir():
                 if path.name.endswith("_manifest.json"):
                     found.add(path.name[:-len("_manifest.json")])
-                elif path.is_dir() and ((path / "current").exists() or (path / "manifest.json").exists()):
+                elif path.is_dir() and (_servable(path / "current", path.name) or _servable(path, path.name)):
                     found.add(path.name)
             if (self.root / VERSIONS_DIR).is_dir():
-                found |= {path.name for path in (self.root / VERSIONS_DIR).iterdir() if (path / "current").exists()}
+                found |= {path.name for path in (self.root / VERSIONS_DIR).iterdir()
+                          if _servable(path / "current", path.name)}
         return list(self.spec.names) + sorted(found - set(self.spec.names))
 
     def _location(self, name: str) -> Location | None:
