@@ -390,7 +390,8 @@ def main() -> None:
                           "mosaic_bytes": report["mosaic"]["bytes"],
                           "note": "disk_bytes: every file under the data root (store, index directory, published "
                                   "version, preview), each inode once (the index directory hard-links the store's "
-                                  "files; the published version holds its own copy); the mosaic is not counted"}
+                                  "files; the published version hard-links the index directory's files too); the "
+                                  "mosaic is not counted"}
         report["search"] = run_step("search", args)
         if not args.no_plan:
             report["plan"] = {"write": run_step("plan_write", args), **run_step("plan", args)}

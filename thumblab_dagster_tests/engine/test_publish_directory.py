@@ -65,3 +65,21 @@ def _link(root, target):
     link = root / ".probe.link"
     os.symlink(target, link)
     return link
+
+
+
+def test_a_linking_layout_shares_the_index_files_and_copies_when_the_mode_differs(tmp_path):
+    index = write_small_index(tmp_path / "a", "a")
+    linking = publishing.DirectoryLayout({INDEX_FILE: "embeddings.index"}, link=True)
+    assert publishing.publish(index, tmp_path / "pub", "area", "2026-11-30", layout=linking).published
+    # the same inode: a large store is not held twice on disk
+    assert os.path.samefile(index / INDEX_FILE, tmp_path / "pub" / "area" / "embeddings.index")
+    assert os.path.samefile(index / "ids.npy", tmp_path / "pub" / "area" / "ids.npy")
+    # a publish mode other than the index directory's: copied, so the index directory keeps its own mode
+    assert publishing.publish(index, tmp_path / "pub2", "area", "2026-11-30", mode=0o640, layout=linking).published
+    assert not os.path.samefile(index / INDEX_FILE, tmp_path / "pub2" / "area" / "embeddings.index")
+    assert stat.S_IMODE((index / INDEX_FILE).stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "pub2" / "area" / "embeddings.index").stat().st_mode) == 0o640
+    # the default layout copies
+    assert publishing.publish(index, tmp_path / "pub3", "area", "2026-11-30", layout=LAYOUT).published
+    assert not os.path.samefile(index / INDEX_FILE, tmp_path / "pub3" / "area" / "embeddings.index")

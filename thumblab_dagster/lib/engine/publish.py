@@ -90,6 +90,11 @@ class DirectoryLayout:
     """
 
     renamed: Mapping[str, str] = field(default_factory=dict)
+    # Hard-link the index directory's files into the version instead of copying them (where the
+    # filesystem and the publish mode allow): for sets too large to hold twice. The index directory
+    # must then never be edited in place (the engine never does; an edit would show in the
+    # published version and fail its checksums at load).
+    link: bool = False
 
     def name_of(self, file: str) -> str:
         return MANIFEST_FILE if file == MANIFEST_FILE else self.renamed.get(file, file)
@@ -171,7 +176,8 @@ def _publish_locked(index_dir: Path, root: Path, name: str, snapshot: str, mode:
         return PublishResult(False, f"published copy is from {newest}, newer than {snapshot}")
     store = _make_dirs(root / VERSIONS_DIR, name, mode)
     previous = current_version(root, name)
-    version = _stage_version(index_dir, store, name_of(MANIFEST_FILE), snapshot, manifest, renamed, mode)
+    version = _stage_version(index_dir, store, name_of(MANIFEST_FILE), snapshot, manifest, renamed, mode,
+                             link=layout is not None and layout.link)
     _point_to(store, version.name)
     if layout is not None:
         _point_name(root, store, name, version)
@@ -223,15 +229,28 @@ def _safe(snapshot: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", snapshot)[:64]
 
 
+def _place(source: Path, target: Path, mode: int, link: bool) -> None:
+    """``source`` in the version: with ``link``, hard-linked where it can be (no second copy on disk),
+    copied where it cannot (another filesystem) or where publishing would change its mode (the link
+    would change the index directory's file too); without, copied."""
+    if link and source.stat().st_mode & 0o7777 == mode:
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another filesystem, or links not allowed here
+            pass
+    shutil.copyfile(source, target)
+
+
 def _stage_version(index_dir: Path, store: Path, manifest_name: str, snapshot: str, manifest: Manifest,
-                   renamed: dict[str, str], mode: int) -> Path:
-    """Copy, verify and fsync a complete version in a staging directory, then rename it into place."""
+                   renamed: dict[str, str], mode: int, link: bool = False) -> Path:
+    """Link or copy, verify and fsync a complete version in a staging directory, then rename it into place."""
     sequence = max(map(_sequence, _versions(store)), default=0) + 1
     version = store / f"v{sequence:06d}-{_safe(snapshot)}"
     staged = Path(tempfile.mkdtemp(prefix=f".{version.name}.", suffix=".tmp", dir=store))
     try:
         for file, target in renamed.items():
-            shutil.copyfile(index_dir / file, staged / target)
+            _place(index_dir / file, staged / target, mode, link)
             if sha256_file(staged / target) != manifest.files[file].sha256:
                 raise IndexIntegrityError(f"copy of {file} to {store} does not match its checksum; "
                                           "the published copy was left as it was")

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 PLAN, AUTO = "plan", "auto"
 PLAN_FACTORY = "IVF1024,PQ64"           # the plan's index over the grid sample
 MIN_TRAIN_PER_LIST = 39                 # faiss wants 39..256 training points a list
-PUBLISHED_LAYOUT = DirectoryLayout({INDEX_FILE: "embeddings.index"})   # the seed's file names
+# The seed's file names; linked, not copied: a viewport's 2.5 GB pixel store is not held twice on disk
+PUBLISHED_LAYOUT = DirectoryLayout({INDEX_FILE: "embeddings.index"}, link=True)
 STATS_QUERIES = 3
 STATS_THRESHOLD = 0.9
 
