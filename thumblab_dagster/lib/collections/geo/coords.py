@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from affine import Affine
 from pyproj import CRS, Geod, Transformer
+from rasterio.transform import Affine  # rasterio's own (affine is its dependency, not ours)
 
 WGS84 = "EPSG:4326"
 EDGE = 1e-9   # pixels: a point on an edge, give or take float rounding, goes right / down

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine  # rasterio's own (affine is its dependency, not ours)
 from rasterio.windows import Window
 
 from thumblab_dagster.lib.engine.files import sha256_file

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from affine import Affine
+from rasterio.transform import Affine  # rasterio's own (affine is its dependency, not ours)
 from rasterio.windows import Window
 
 DEMO_TRANSFORM = Affine(0.0001, 0.0, 77.55, 0.0, -0.0001, 13.04)   # about 11 m pixels near Bengaluru, EPSG:4326
