@@ -9,6 +9,8 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -e ".[dev]"
+	# MusiCNN's pretrained weights only (its pins, numpy<1.17 and TensorFlow 1, would break the venv; we run it in torch).
+	$(VENV)/bin/pip install --no-deps "musicnn==0.1.0"
 	touch $@
 
 install: $(VENV)/.installed

@@ -38,9 +38,14 @@ setup(
         "rasterio>=1.3",
         "pyproj>=3.6",
         "tqdm>=4.66",
+        "sqlalchemy>=2.0",
+        "pgserver>=0.1.4",
+        "soundfile>=0.12",
+        "mutagen>=1.47",
+        "essentia>=2.1b6.dev1389",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.5", "pgserver>=0.1.4", "dagster-dg-cli>=1.13,<1.14"],
+        "dev": ["pytest>=8", "ruff>=0.5", "dagster-dg-cli>=1.13,<1.14"],
     },
     entry_points={"console_scripts": ["thumblab=thumblab_dagster.cli:main"]},
 )

@@ -576,5 +576,12 @@ def geo_demo():
     echo_hits(hits)
 
 
+# --- music: tracks analysed from audio, similar tracks and playlists (cli_music.py) -----------------
+
+from thumblab_dagster.cli_music import music  # noqa: E402 - registered here, after the helpers it reuses
+
+main.add_command(music)
+
+
 if __name__ == "__main__":
     main()

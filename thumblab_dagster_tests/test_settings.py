@@ -58,7 +58,7 @@ def test_a_bad_secret_is_named_but_never_shown():
     given = load_settings({"YOUTUBE_API_KEY": SECRET, "SUPABASE_KEY": SECRET, "THUMBLAB_INTERNAL_TOKEN": SECRET})
     assert given.youtube_api_key == SECRET and SECRET not in repr(given)
     assert {s.env for s in SETTINGS if s.secret} == {"YOUTUBE_API_KEY", "THUMBLAB_INTERNAL_TOKEN", "SUPABASE_DB_URL",
-                                                     "SUPABASE_KEY", "THUMBLAB_INDEX_UPLOAD_URL"}
+                                                     "SUPABASE_KEY", "THUMBLAB_INDEX_UPLOAD_URL", "THUMBLAB_MUSIC_DB_URL"}
 
 
 def test_several_bad_values_are_still_one_line():

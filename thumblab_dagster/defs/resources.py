@@ -13,6 +13,8 @@ from pydantic import Field
 
 from thumblab_dagster.lib.collections.geo.layout import GeoLayout
 from thumblab_dagster.lib.collections.geo.pipeline import GeoSettings
+from thumblab_dagster.lib.collections.music.layout import MusicLayout
+from thumblab_dagster.lib.collections.music.pipeline import MusicSettings, parse_weights
 from thumblab_dagster.lib.collections.thumbnails.layout import DataLayout
 from thumblab_dagster.lib.collections.thumbnails.pipeline import FetchSettings, IndexSettings, SourceSettings
 from thumblab_dagster.lib.collections.thumbnails.remote import SupabaseSettings
@@ -159,10 +161,31 @@ class GeoResource(dg.ConfigurableResource):
                            target_recall=engine.target_recall)
 
 
+class MusicResource(dg.ConfigurableResource):
+    """The music collection: the audio folder, its database and how tracks become vectors."""
+
+    music_dir: str | None = SETTING["music_dir"].resource_field()
+    db_url: str | None = SETTING["music_db_url"].resource_field()
+    features: str = SETTING["music_features"].resource_field()
+    weights: str = SETTING["music_weights"].resource_field()
+    batch_size: int = SETTING["music_batch"].resource_field()
+    force_rebuild: bool = Field(default=False, description="build music_index even when the published library "
+                                                           "holds the same analysed files built the same way")
+
+    def layout(self, storage: StorageResource) -> MusicLayout:
+        return MusicLayout.at(storage.data_root, storage.publish_dir, self.music_dir)
+
+    def settings(self, engine: IndexEngineResource) -> MusicSettings:
+        return MusicSettings(include_tensorflow=self.features == "musicnn", weights=parse_weights(self.weights),
+                             batch_size=self.batch_size, memory_budget_bytes=engine.settings.memory_budget_bytes,
+                             target_recall=engine.target_recall)
+
+
 # The resource a settings row's target names: "storage.data_root" is StorageResource.data_root.
 RESOURCES = {"storage": StorageResource, "trending_source": TrendingSourceResource, "embedder": ClipEmbedderResource,
              "thumbnail_fetch": ThumbnailFetchResource, "supabase": SupabaseResource,
-             "index_upload": IndexUploadResource, "index_engine": IndexEngineResource, "geo": GeoResource}
+             "index_upload": IndexUploadResource, "index_engine": IndexEngineResource, "geo": GeoResource,
+             "music": MusicResource}
 
 
 def from_settings(key: str, settings, **extra) -> dg.ConfigurableResource:
@@ -196,7 +219,7 @@ def resources_from_env(environ=None) -> dict:
     if from_store and supabase is None:
         raise SettingsError("THUMBLAB_INDEX_SOURCE=supabase needs SUPABASE_DB_URL, or SUPABASE_URL and SUPABASE_KEY")
     resources = {key: from_settings(key, settings) for key in ("storage", "trending_source", "embedder",
-                                                               "thumbnail_fetch", "geo")}
+                                                               "thumbnail_fetch", "geo", "music")}
     resources["index_engine"] = from_settings("index_engine", settings, supabase=supabase if from_store else None)
     if supabase is not None:
         resources["supabase"] = supabase

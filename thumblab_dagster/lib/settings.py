@@ -183,6 +183,26 @@ SETTINGS: tuple[Setting, ...] = (
             pattern=r"plan|auto|[A-Za-z0-9_,.]+", allowed="plan, auto or a faiss factory string such as IVF1024,PQ64",
             doc="the viewport's sampled index: `plan` (IVF1024,PQ64 when the sample can train it, else as `auto`), "
                 "`auto` (chosen for the sample within `THUMBLAB_INDEX_MEMORY_MB`) or a faiss factory string"),
+    Setting("music_dir", "THUMBLAB_MUSIC_DIR", str, None, target="music.music_dir",
+            shown_default="`<data_root>/music`",
+            doc="the music folder (wav, flac, mp3, ogg; subfolders too) that is scanned and analysed; the sensor "
+                "watches it, and every path a user gives must resolve inside it"),
+    Setting("music_db_url", "THUMBLAB_MUSIC_DB_URL", str, None, secret=True, target="music.db_url",
+            shown_default="unset: an embedded Postgres (`pgserver`) under `<data_root>/music_pg`",
+            pattern=r"postgres(?:ql)?(?:\+psycopg)?://\S+",
+            allowed="a PostgreSQL URL such as postgresql://user:password@host:5432/music",
+            doc="the PostgreSQL database of the music collection's files, analyses and id maps (created "
+                "idempotently). Secret: URLs hold passwords"),
+    Setting("music_features", "THUMBLAB_MUSIC_FEATURES", str, "musicnn", target="music.features",
+            choices=("musicnn", "essentia"), case="lower",
+            doc="`musicnn`: 67-d track vectors (50 MusiCNN MSD tags + 17 from Essentia's tempo, key, scale, chroma); "
+                "`essentia`: the 17 alone (the API's `include_tensorflow=false`)"),
+    Setting("music_weights", "THUMBLAB_MUSIC_WEIGHTS", str, "", target="music.weights",
+            pattern=r"((\s*(tags|tempo|key|scale|chroma)\s*=\s*[0-9.]+\s*)(,\s*(tags|tempo|key|scale|chroma)\s*=\s*[0-9.]+\s*)*)?",
+            allowed="group=weight pairs such as tags=1,tempo=0.5 (groups: tags, tempo, key, scale, chroma)",
+            doc="feature-group weights applied after standardisation (unset: every dimension counts alike)"),
+    Setting("music_batch", "THUMBLAB_MUSIC_BATCH", int, 16, target="music.batch_size", ge=1, le=10_000,
+            doc="files analysed per batch (a progress line in the run's log after each)"),
     Setting("dagster_home", "DAGSTER_HOME", str, None, shown_default="`.dagster_home` (Makefile)",
             doc="the local Dagster instance (read by Dagster itself)"),
     # --- the HTTP service ---

@@ -35,6 +35,7 @@ from thumblab_dagster.service.docs import serve_offline_docs
 from thumblab_dagster.service.geo import geo_router
 from thumblab_dagster.service.guard import BodyGuard, ValidationErrors, text, validation_error
 from thumblab_dagster.service.metrics import Metrics, RequestMetrics
+from thumblab_dagster.service.music import MusicServiceSettings, music_router
 from thumblab_dagster.service.ops import operations_router
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class ServiceSettings:
     batch_max: int = SETTING["batch_max"].default
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     supabase: SupabaseSettings = field(default_factory=SupabaseSettings)  # the fallback, when configured
+    music: MusicServiceSettings | None = None  # the music endpoints' folders and database; None: the environment's
 
     @classmethod
     def from_env(cls, environ=None, publish_dir: str | None = None) -> ServiceSettings:
@@ -76,7 +78,8 @@ class ServiceSettings:
                    fetch=FetchPolicy.from_env(settings=settings), supabase=supabase,
                    min_references=settings.min_references, max_body_bytes=settings.max_body_bytes,
                    dagster_url=settings.dagster_url,
-                   batch_window_ms=settings.batch_window_ms, batch_max=settings.batch_max)
+                   batch_window_ms=settings.batch_window_ms, batch_max=settings.batch_max,
+                   music=MusicServiceSettings.from_settings(settings, publish_dir))
 
 
 # --- the wire format (this is also the OpenAPI schema) -------------------------------------
@@ -289,6 +292,10 @@ def create_app(settings: ServiceSettings, *, clip: embedding.LoadedClip | None =
     app.include_router(operations_router(settings.dagster_url, require_token))
     # /api/faiss/search and /api/faiss/viewports: the geo viewports published beside the niches (service/geo.py)
     app.include_router(geo_router(settings.publish_dir, on_search=metrics.observe_search))
+    # /api/faiss/build-index, statistics, similar-tracks, generate-playlist, extract-vector (service/music.py);
+    # without settings the environment is read on the first music request
+    app.include_router(music_router(settings.music or (lambda: MusicServiceSettings.from_env(
+        publish_dir=settings.publish_dir)), on_search=metrics.observe_search))
 
     # Open, like most scrape targets: counts and timings only, no secret, URL or caller input in a label.
     @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response,

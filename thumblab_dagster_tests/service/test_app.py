@@ -142,7 +142,8 @@ def test_the_openapi_schema_describes_what_the_endpoints_return(service):
     paths = schema["paths"]
     assert set(paths) == {"/health", "/v1/score", "/internal/index-stats", "/internal/refresh-library",
                           "/internal/rebuild-indices", "/internal/runs/{run_id}", "/metrics",
-                          "/api/faiss/search", "/api/faiss/viewports"}
+                          "/api/faiss/search", "/api/faiss/viewports", "/api/faiss/build-index", "/api/faiss/statistics",
+                          "/api/faiss/similar-tracks", "/api/faiss/generate-playlist", "/api/faiss/extract-vector"}
     post = paths["/v1/score"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ScoreRequest")
     assert {"200", "422"} <= set(post["responses"])

@@ -159,6 +159,12 @@ def publish(index_dir: str | os.PathLike, publish_root: str | os.PathLike, name:
         return _publish_locked(Path(index_dir), root, name, snapshot, mode, layout)
 
 
+def snapshot_of(manifest: Manifest) -> str:
+    """A build's time as its version's snapshot (``20261130T120000Z``): later builds sort later."""
+    built = datetime.fromisoformat(str(manifest.built_at))
+    return built.strftime("%Y%m%dT%H%M%SZ")
+
+
 def _publish_locked(index_dir: Path, root: Path, name: str, snapshot: str, mode: int,
                     layout: DirectoryLayout | None) -> PublishResult:
     manifest = read_manifest(index_dir)

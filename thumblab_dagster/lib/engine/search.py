@@ -93,6 +93,9 @@ def apply_params(index: faiss.Index, params: dict) -> None:
         space.set_index_parameter(index, name, params[name])
 
 
+RERANK_GATHER_FLOATS = 8 * 1024 * 1024   # candidate floats gathered at once when re-ranking (32 MB)
+
+
 def _scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
     """Exact similarity (inner product) or squared L2 distance, one row of candidates per query."""
     if metric == "inner_product":
@@ -146,6 +149,12 @@ class Searcher:
 
     def rerank(self, queries: np.ndarray, labels: np.ndarray):
         """Exact scores of candidate positions from the stored vectors (-1 stays -1)."""
+        # Queries in chunks: deep re-ranks of many queries (tuning) would otherwise gather
+        # queries x depth x d floats at once (500 x 2560 x 128: 655 MB).
+        per_chunk = max(1, RERANK_GATHER_FLOATS // max(1, labels.shape[1] * queries.shape[1]))
+        if len(queries) > per_chunk:
+            return np.concatenate([self.rerank(queries[i:i + per_chunk], labels[i:i + per_chunk])
+                                   for i in range(0, len(queries), per_chunk)])
         safe = np.where(labels < 0, 0, labels)
         flat = safe.ravel()
         order = np.argsort(flat, kind="stable")  # read the memory map in file order

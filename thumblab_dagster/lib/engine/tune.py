@@ -52,7 +52,7 @@ BOUND_METHOD = (f"min(bootstrap over queries, Wilson on hits/possible), one-side
                 f"{ERROR:g}/{MAX_HELD_OUT_CHECKS} per look (Bonferroni): 95% over all held-out looks")
 NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 EF_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-RERANK_STEPS = (1, 2, 4, 8, 16, 32, 64)
+RERANK_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # deep steps: codes that cannot separate near-ties
 PLATEAU = 0.002                      # recall gained by the next step below which a search axis stops
 
 

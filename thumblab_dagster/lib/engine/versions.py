@@ -45,6 +45,8 @@ POINTER = "current"
 NOT_CARRIED = {"format_version", "factory", "metric", "dim", "ntotal", "files", "ids", "id_column", "embedding",
                "source_partitions", "built_at", "faiss_version", "layout", "shards", "shard_size", "version",
                "parent_version", "added_rows", "reference_scores", "side_indexes"}
+# A published copy's own fields: an index directory appended from one is a new, unpublished directory.
+PUBLISHED_FIELDS = {"snapshot", "published_from", "published_at", "published_names"}
 
 
 def embedding_identity(info: dict | None, keys: Sequence[str] | None = None) -> str:
@@ -126,16 +128,28 @@ class VersionedIndex:
 
 def add(store: VersionedIndex, vectors: np.ndarray, ids, *, embedding: dict | None,
         metadata: pd.DataFrame | None = None, identity_keys: Sequence[str] | None = None) -> Manifest:
-    """Append vectors to a copy of the current version and make the copy current.
+    """Append vectors to a copy of the current version and make the copy current (``append_rows``)."""
+    live = store.load()
+    name = store._new_name()
+    written = append_rows(live, store.path(name), vectors, ids, embedding=embedding, metadata=metadata,
+                          identity_keys=identity_keys, extra={"version": name, "parent_version": live.directory.name})
+    store._swap(name)
+    return written
+
+
+def append_rows(live, target: str | os.PathLike, vectors: np.ndarray, ids, *, embedding: dict | None,
+                metadata: pd.DataFrame | None = None, identity_keys: Sequence[str] | None = None,
+                extra: dict | None = None) -> Manifest:
+    """Write ``target``: the loaded index ``live`` with ``vectors`` appended, without retraining.
 
     ``ids``: strings, or None/``"positions"`` when the index keeps position ids (the new rows
     take the next positions). Refuses vectors of another dimension or from another embedding
     (``embedding_identity``, with ``identity_keys``), ids the index already holds, and (when
     the index keeps metadata) rows without metadata. The child carries the parent's fields
-    except its percentile reference and side indexes, which describe the parent's rows only.
+    except its percentile reference and side indexes, which describe the parent's rows only;
+    ``extra`` sets more (e.g. ``version``, ``parent_version``).
     """
     vectors = as_float32(vectors)
-    live = store.load()
     parent, manifest = live.directory.name, live.manifest
     if vectors.shape[1] != manifest.dim:
         raise VersionMismatchError(f"refusing to add {len(vectors)} vectors of dimension {vectors.shape[1]} to "
@@ -145,18 +159,18 @@ def add(store: VersionedIndex, vectors: np.ndarray, ids, *, embedding: dict | No
         raise VersionMismatchError(f"refusing to add vectors from {new} to version {parent}, built from {old}: "
                                    "similarities across models are meaningless; build a new index instead")
     new_ids = _new_ids(ids, len(vectors), live)
-    old_metadata = live.directory / METADATA_FILE
+    old_metadata = live.directory / manifest.file_name(METADATA_FILE)
     if old_metadata.exists() and metadata is None:
         raise VersionMismatchError(f"version {parent} keeps metadata for every row: pass metadata for the new rows")
 
-    name = store._new_name()
     all_ids = concat_ids(live.ids if not manifest.positions else None, new_ids)
     merged_metadata = (pd.concat([pd.read_parquet(old_metadata), metadata], ignore_index=True)
                        if old_metadata.exists() else None)
-    extra = {**{key: value for key, value in manifest.to_json().items() if key not in NOT_CARRIED},
-             **{key: None for key in manifest.side_indexes or []},
-             "version": name, "parent_version": parent, "added_rows": len(vectors)}
-    target = store.path(name)
+    carried = {key: value for key, value in manifest.to_json().items()
+               if key not in NOT_CARRIED and key not in PUBLISHED_FIELDS}
+    extra = {**carried, **{key: None for key in manifest.side_indexes or []},
+             "parent_version": parent, "added_rows": len(vectors), **(extra or {})}
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stored_file = _appended_vectors(live, vectors, target.parent) if manifest.stored_vectors else None
     common = {"factory": manifest.factory, "metric": manifest.metric, "metadata": merged_metadata, "extra": extra,
@@ -170,16 +184,13 @@ def add(store: VersionedIndex, vectors: np.ndarray, ids, *, embedding: dict | No
             part.add_with_ids(vectors, np.arange(offset, offset + len(vectors), dtype=np.int64))
             shards = live.offsets + [{"file": f"shard_{len(live.offsets):05d}.index", "offset": offset,
                                       "count": len(vectors)}]
-            written = write_sharded_dir(target, live.shards + [part], shards, all_ids, **common)
-        else:
-            index = faiss.clone_index(live.index)
-            index.add(vectors)
-            written = write_index_dir(target, index, all_ids, **common)
+            return write_sharded_dir(target, live.shards + [part], shards, all_ids, **common)
+        index = faiss.clone_index(live.index)
+        index.add(vectors)
+        return write_index_dir(target, index, all_ids, **common)
     finally:
         if stored_file is not None:
             Path(stored_file).unlink(missing_ok=True)
-    store._swap(name)
-    return written
 
 
 def _new_ids(ids, n: int, live):
@@ -201,7 +212,7 @@ def _new_ids(ids, n: int, live):
 
 def _appended_vectors(live, vectors: np.ndarray, where: Path) -> Path:
     """The parent's stored vectors followed by the new ones, streamed into a temp file."""
-    old = np.load(live.directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+    old = np.load(live.directory / live.manifest.file_name(VECTORS_FILE), mmap_mode="r", allow_pickle=False)
     fd, name = tempfile.mkstemp(prefix=".add.", suffix=".vectors.npy", dir=where)
     os.close(fd)
     out = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(len(old) + len(vectors), old.shape[1]))

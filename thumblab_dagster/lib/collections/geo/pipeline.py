@@ -20,7 +20,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ from thumblab_dagster.lib.engine.files import FILE_MODE, remove_tree, write_json
 from thumblab_dagster.lib.engine.index_dir import INDEX_FILE, load_index_dir, read_manifest
 from thumblab_dagster.lib.engine.manifest import Manifest
 from thumblab_dagster.lib.engine.progress import Progress, report
-from thumblab_dagster.lib.engine.publish import DirectoryLayout, PublishResult, publish
+from thumblab_dagster.lib.engine.publish import DirectoryLayout, PublishResult, publish, snapshot_of
 from thumblab_dagster.lib.engine.search import nlist_of
 from thumblab_dagster.lib.engine.spec import DEFAULT_MEMORY_BUDGET, IndexSpec
 from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL, verify_recall
@@ -219,12 +218,6 @@ def check_recall(layout: GeoLayout, viewport_id: str) -> dict:
 
 
 # --- the published set ------------------------------------------------------------------------
-
-def snapshot_of(manifest: Manifest) -> str:
-    """The build time as a version's snapshot (``20261130T120000Z``): later builds sort later."""
-    built = datetime.fromisoformat(str(manifest.built_at))
-    return built.strftime("%Y%m%dT%H%M%SZ")
-
 
 def publish_viewport(layout: GeoLayout, viewport_id: str, mode: int = FILE_MODE) -> PublishResult:
     directory = layout.index_dir(viewport_id)

@@ -1,0 +1,1 @@
+"""The music collection: audio files analysed into track features, similar tracks and playlists."""
