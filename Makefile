@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo demo-geo test dev defs serve install lint benchmark clean
+.PHONY: demo demo-geo demo-music test dev defs serve install lint benchmark clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 ## Generate a small synthetic embedding mosaic (300 x 400, 128 bands), build, check and publish it, and search it.
 demo-geo: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/thumblab geo demo
+
+## Generate a few synthetic tracks (two styles), analyse (Essentia + MusiCNN), build and publish them, print two playlists.
+demo-music: install
+	$(VENV)/bin/thumblab music demo
 
 ## Install and run the test suite.
 test: install

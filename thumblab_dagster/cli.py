@@ -232,8 +232,8 @@ def stats(root, as_json):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @ROOT_OPTION
 def serve(host, port, root):
-    """The scoring HTTP service: /health, POST /v1/score, POST /api/faiss/search (geo), /internal/index-stats
-    (docs at /docs)."""
+    """The scoring HTTP service: /health, POST /v1/score, POST /api/faiss/search (geo), /api/faiss/similar-tracks
+    and the other music endpoints, /internal/index-stats (docs at /docs)."""
     import uvicorn
 
     from thumblab_dagster.service.app import ServiceSettings, create_app

@@ -71,13 +71,13 @@ def answering():
 class Music:
     """The settings, the layout and (opened on first use) the store one command works with."""
 
-    def __init__(self, library: str, given=None, layout=None, db_url: str | None = None, embedded: bool = False):
+    def __init__(self, library: str, given=None, layout=None, embedded: bool = False):
         from thumblab_dagster.lib.collections.music.layout import MusicLayout
 
         self.library = checked_library(library)
         self.given = given if given is not None else _cli().settings()
         self.layout = layout or MusicLayout.from_env(settings=self.given)
-        self.db_url = None if embedded else (db_url or self.given.music_db_url)
+        self.db_url = None if embedded else self.given.music_db_url     # None: the embedded database
         self._store = None
 
     def build_settings(self, **overrides):
@@ -114,11 +114,11 @@ class Music:
 
 @contextlib.contextmanager
 def music_context(library: str, **kwargs):
-    music = Music(library, **kwargs)
+    opened = Music(library, **kwargs)
     try:
-        yield music
+        yield opened
     finally:
-        music.close()
+        opened.close()
 
 
 def echo_json(value) -> None:

@@ -222,6 +222,18 @@ def test_paths_leaving_the_music_folder_are_refused_and_never_read(music, monkey
     assert inside.status_code == 200 and read and read[0].endswith("late/new.wav")   # the recorder does see reads
 
 
+def test_a_new_import_is_served_by_the_next_request(music, tmp_path):
+    base, layout, *_ = music
+    table(tmp_path / "small.csv", per_style=4)
+    import_table(layout, tmp_path / "small.csv", "track_id", "swapped")
+    assert get(base, "statistics", library="swapped").json()["total_vectors"] == 8
+    assert len(get(base, "similar-tracks", query_path="row00", top_n=20, library="swapped").json()["similar_tracks"]) == 7
+    table(tmp_path / "large.csv", per_style=6)
+    import_table(layout, tmp_path / "large.csv", "track_id", "swapped")
+    assert get(base, "statistics", library="swapped").json()["total_vectors"] == 12
+    assert len(get(base, "similar-tracks", query_path="row00", top_n=20, library="swapped").json()["similar_tracks"]) == 11
+
+
 def test_an_unreachable_database_is_a_503_without_its_url(tmp_path, clip, caplog):
     url = "postgresql://music:pw-very-secret@127.0.0.1:1/music"
     layout = MusicLayout.at(tmp_path / "data", publish_dir=tmp_path / "pub", music_dir=tmp_path / "music")

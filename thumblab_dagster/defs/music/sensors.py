@@ -4,7 +4,7 @@ import dagster as dg
 
 from thumblab_dagster.defs.music.where import GROUP
 from thumblab_dagster.defs.resources import MusicResource, StorageResource
-from thumblab_dagster.lib.collections.music.scan import folder_signature
+from thumblab_dagster.lib.collections.music.scan import audio_files, folder_signature
 
 BUILD_MUSIC_LIBRARY = "build_music_library"
 
@@ -25,5 +25,7 @@ def music_folder(context: dg.SensorEvaluationContext, storage: StorageResource,
     signature = folder_signature(folder)
     if signature == context.cursor:
         return dg.SkipReason("no file in the music folder changed")
+    if context.cursor is None and not audio_files(folder):
+        return dg.SkipReason(f"no audio files (wav, flac, mp3, ogg) in {folder} yet")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"music:{signature}", tags={"music_folder": signature[:16]})],
                            cursor=signature)

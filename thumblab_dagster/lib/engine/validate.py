@@ -212,11 +212,13 @@ def _plain(value):
 
 
 def check_alignment(directory: str | os.PathLike, expected_ids, expected_vectors: np.ndarray,
-                    sample: int = 200, seed: int = 0, k: int = 10, id_column: str | None = None) -> AlignmentReport:
+                    sample: int = 200, seed: int = 0, k: int = 10, id_column: str | None = None,
+                    min_cosine: float | None = None) -> AlignmentReport:
     """``validate_index_dir`` plus the build's inputs: the id set equals ``expected_ids`` (None or
     ``"positions"`` for a position-id index: one row per vector) and, for up to ``sample`` of
-    those rows, the row's own input vector finds its id first. ``id_column`` as for
-    ``validate_index_dir``."""
+    those rows, the row's own input vector finds its id first (with cosine >= ``min_cosine``
+    when given: inputs the caller can recompute exactly, so a changed input is caught even
+    when it still lands nearest its own row). ``id_column`` as for ``validate_index_dir``."""
     report = validate_index_dir(directory, sample=sample, seed=seed, k=k, id_column=id_column)
     problems, metrics = list(report.problems), dict(report.metrics)
     try:
@@ -241,7 +243,7 @@ def check_alignment(directory: str | os.PathLike, expected_ids, expected_vectors
     if n and loaded.ntotal:
         rows = np.random.default_rng(seed).choice(len(expected), size=n, replace=False)
         failures = _self_search_failures(loaded, rows, expected_vectors[rows], [str(expected[r]) for r in rows], k,
-                                         None)
+                                         min_cosine)
         if failures:
             problems.append(f"{len(failures)}/{n} sampled vectors do not find their own id first, e.g. {failures[:5]}")
     metrics.update({"missing_ids": len(missing), "extra_ids": len(extra), "self_match_failures": len(failures)})

@@ -47,7 +47,7 @@ from thumblab_dagster.lib.engine.progress import Progress, report
 from thumblab_dagster.lib.engine.publish import DirectoryLayout, PublishResult, load_published, publish, snapshot_of
 from thumblab_dagster.lib.engine.spec import DEFAULT_MEMORY_BUDGET, IndexSpec
 from thumblab_dagster.lib.engine.tune import DEFAULT_TARGET_RECALL, verify_recall
-from thumblab_dagster.lib.engine.validate import AlignmentReport
+from thumblab_dagster.lib.engine.validate import MIN_SELF_COSINE, AlignmentReport
 from thumblab_dagster.lib.engine.validate import check_alignment as engine_alignment
 from thumblab_dagster.lib.engine.versions import append_rows
 
@@ -266,7 +266,7 @@ def check_alignment(layout: MusicLayout, store: MusicStore, library: str, settin
         return AlignmentReport(False, [f"library {library}: {exc}"])
     chosen = analysed_set(store, settings)
     expected = built.standardiser.transform(chosen.raw) if chosen.rows else np.empty((0, built.dimension), np.float32)
-    return engine_alignment(directory, chosen.ids, expected, sample=sample)
+    return engine_alignment(directory, chosen.ids, expected, sample=sample, min_cosine=MIN_SELF_COSINE)
 
 
 def check_recall(layout: MusicLayout, library: str) -> dict:
