@@ -92,7 +92,8 @@ def test_an_empty_environment_gives_the_defaults_everywhere():
 
 def test_resources_from_an_empty_environment_are_the_default_resources():
     resources = res.resources_from_env({})
-    assert set(resources) == {"storage", "trending_source", "embedder", "thumbnail_fetch", "index_engine", "geo"}
+    assert set(resources) == {"storage", "trending_source", "embedder", "thumbnail_fetch", "index_engine", "geo",
+                              "music"}
     for key, resource in resources.items():
         default = res.RESOURCES[key]()
         assert resource == default, key

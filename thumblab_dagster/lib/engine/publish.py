@@ -68,6 +68,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     read_manifest,
 )
 from thumblab_dagster.lib.engine.manifest import Manifest
+from thumblab_dagster.lib.engine.shards import load_sharded
 
 VERSIONS_DIR = ".versions"
 CURRENT = "current"
@@ -368,7 +369,7 @@ def clean_leftovers(publish_root: str | os.PathLike, name: str, also=()) -> list
 # --- reading ----------------------------------------------------------------------------------
 
 def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True, flat: bool = False,
-                   layout: DirectoryLayout | None = None) -> LoadedIndex:
+                   layout: DirectoryLayout | None = None):
     """``name``'s published copy, verified: its current version (resolved once, so never a mix), or the
     flat files where there is no version (a root published by an earlier release) or ``flat``.
     With a ``DirectoryLayout``: the directory ``<root>/<name>`` names, resolved once."""
@@ -376,8 +377,10 @@ def load_published(publish_root: str | os.PathLike, name: str, verify: bool = Tr
         directory = published_directory(publish_root, name)
         if directory is None:
             raise FileNotFoundError(f"nothing is published as {name} under {publish_root}")
-        return load_files(directory, layout.name_of(INDEX_FILE), layout.name_of(IDS_FILE),
-                          read_manifest(directory / MANIFEST_FILE), verify)
+        manifest = read_manifest(directory / MANIFEST_FILE)
+        if manifest.is_sharded:  # its manifest's published_names find the renamed shards and id map
+            return load_sharded(directory, verify)
+        return load_files(directory, layout.name_of(INDEX_FILE), layout.name_of(IDS_FILE), manifest, verify)
     names = published_names(name)
     directory = None if flat else current_version(publish_root, name)
     directory = directory or Path(publish_root)

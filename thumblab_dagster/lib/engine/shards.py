@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +58,14 @@ def labelled_part(empty: faiss.Index) -> faiss.Index:
 def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shards: list[dict], ids, *,
                       factory: str, metric: str, metadata: pd.DataFrame | None = None, extra: dict | None = None,
                       extra_files: dict[str, os.PathLike] | None = None, id_column: str | None = None,
-                      embedding: dict | None = None, source_partitions: list[str] | None = None) -> Manifest:
+                      embedding: dict | None = None, source_partitions: list[str] | None = None,
+                      kept: Mapping[str, os.PathLike] | None = None) -> Manifest:
     """Write filled shard indices, the id map and the manifest as one atomic directory swap.
 
     ``id_map.json`` lists the shards (file, offset, count); string ids go to ``ids.npy`` as for
-    a single index (none for position ids).
+    a single index (none for position ids). ``kept``: shard file -> an unchanged copy of it in an
+    immutable index directory, linked (copied across filesystems) instead of written again from
+    its part: an append rewrites only the shards it changed.
     """
     total = int(sum(p.ntotal for p in parts))
     try:
@@ -72,7 +77,10 @@ def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shard
                                   f"{len(shards)} planned shards covering {sum(s['count'] for s in shards)}")
     with atomic_dir(target) as tmp:
         for shard, part in zip(shards, parts):
-            faiss.write_index(part, str(tmp / shard["file"]))
+            if shard["file"] in (kept or {}):
+                _link_or_copy(Path(kept[shard["file"]]), tmp / shard["file"])
+            else:
+                faiss.write_index(part, str(tmp / shard["file"]))
         write_json_atomic(tmp / ID_MAP_FILE, {"shards": shards})
         ids_entry, id_files = write_ids(tmp, ids)
         names = [s["file"] for s in shards] + [ID_MAP_FILE, *id_files, *write_sidecars(tmp, metadata, extra_files,
@@ -84,6 +92,13 @@ def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shard
             "source_partitions": sorted(source_partitions or []), **(extra or {})})
     log.info("wrote %s over %s vectors in %d shards to %s", factory, f"{total:,}", len(shards), target)
     return manifest
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed here
+        shutil.copyfile(source, target)
 
 
 @dataclass
@@ -119,8 +134,9 @@ def load_sharded(directory: str | os.PathLike, verify: bool = True) -> ShardedIn
     manifest = read_manifest(directory)
     if verify:
         verified(directory, manifest, "sharded index")
-    id_map = json.loads((directory / ID_MAP_FILE).read_text())
-    shards = [faiss.read_index(str(directory / s["file"])) for s in id_map["shards"]]
+    # A published copy may rename the files (``published_names``); the id map keeps the directory's names.
+    id_map = json.loads((directory / manifest.file_name(ID_MAP_FILE)).read_text())
+    shards = [faiss.read_index(str(directory / manifest.file_name(s["file"]))) for s in id_map["shards"]]
     return ShardedIndex(shards, read_ids(directory, manifest), id_map["shards"], manifest, directory)
 
 

@@ -35,7 +35,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     write_index_dir,
 )
 from thumblab_dagster.lib.engine.manifest import Manifest
-from thumblab_dagster.lib.engine.shards import load_any, write_sharded_dir
+from thumblab_dagster.lib.engine.shards import load_any, shard_name, write_sharded_dir
 from thumblab_dagster.lib.engine.spec import IndexSpec, resolve_spec
 
 VERSIONS_DIR = "versions"
@@ -139,7 +139,8 @@ def add(store: VersionedIndex, vectors: np.ndarray, ids, *, embedding: dict | No
 
 def append_rows(live, target: str | os.PathLike, vectors: np.ndarray, ids, *, embedding: dict | None,
                 metadata: pd.DataFrame | None = None, identity_keys: Sequence[str] | None = None,
-                extra: dict | None = None) -> Manifest:
+                extra: dict | None = None, shard_size: int | None = None,
+                extra_files: dict[str, os.PathLike] | None = None) -> Manifest:
     """Write ``target``: the loaded index ``live`` with ``vectors`` appended, without retraining.
 
     ``ids``: strings, or None/``"positions"`` when the index keeps position ids (the new rows
@@ -147,7 +148,10 @@ def append_rows(live, target: str | os.PathLike, vectors: np.ndarray, ids, *, em
     (``embedding_identity``, with ``identity_keys``), ids the index already holds, and (when
     the index keeps metadata) rows without metadata. The child carries the parent's fields
     except its percentile reference and side indexes, which describe the parent's rows only;
-    ``extra`` sets more (e.g. ``version``, ``parent_version``).
+    ``extra`` sets more (e.g. ``version``, ``parent_version``), ``extra_files`` (name -> path,
+    moved in) more files. A sharded index takes the new rows in one new shard, or with
+    ``shard_size`` fills its open last shard up to that size first and opens new ones of it
+    (``appended_shards``); shards it leaves as they were are linked, not written again.
     """
     vectors = as_float32(vectors)
     parent, manifest = live.directory.name, live.manifest
@@ -173,24 +177,48 @@ def append_rows(live, target: str | os.PathLike, vectors: np.ndarray, ids, *, em
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stored_file = _appended_vectors(live, vectors, target.parent) if manifest.stored_vectors else None
+    files = {**(extra_files or {}), **({VECTORS_FILE: stored_file} if stored_file else {})}
     common = {"factory": manifest.factory, "metric": manifest.metric, "metadata": merged_metadata, "extra": extra,
-              "extra_files": {VECTORS_FILE: stored_file} if stored_file else None, "id_column": manifest.id_column,
+              "extra_files": files or None, "id_column": manifest.id_column,
               "embedding": manifest.embedding, "source_partitions": manifest.source_partitions}
     try:
         if manifest.is_sharded:
-            offset = live.ntotal
-            part = faiss.clone_index(live.shards[0])
-            part.reset()  # trained and empty: same centroids, same labels scheme
-            part.add_with_ids(vectors, np.arange(offset, offset + len(vectors), dtype=np.int64))
-            shards = live.offsets + [{"file": f"shard_{len(live.offsets):05d}.index", "offset": offset,
-                                      "count": len(vectors)}]
-            return write_sharded_dir(target, live.shards + [part], shards, all_ids, **common)
+            parts, shards = appended_shards(live, vectors, shard_size)
+            kept = {s["file"]: live.directory / manifest.file_name(s["file"])
+                    for s, part in zip(shards, parts) if any(part is old for old in live.shards)}
+            return write_sharded_dir(target, parts, shards, all_ids, kept=kept, **common)
         index = faiss.clone_index(live.index)
         index.add(vectors)
         return write_index_dir(target, index, all_ids, **common)
     finally:
         if stored_file is not None:
             Path(stored_file).unlink(missing_ok=True)
+
+
+def appended_shards(live, vectors: np.ndarray, shard_size: int | None = None) -> tuple[list, list[dict]]:
+    """The loaded sharded index's parts and shard list with ``vectors`` after its rows, under the next
+    global positions. Without ``shard_size`` they form one new shard; with it the open last shard
+    (fewer than ``shard_size`` rows) is filled first, in a clone (its trained quantizer kept), and
+    the rest go to new shards of ``shard_size``: copies of a trained shard emptied, never retrained.
+    Parts left as they were are ``live``'s own objects."""
+    if shard_size is not None and shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    parts, shards = list(live.shards), [dict(s) for s in live.offsets]
+    offset, start = live.ntotal, 0
+    if shard_size and shards and shards[-1]["count"] < shard_size and len(vectors):
+        start = min(shard_size - shards[-1]["count"], len(vectors))
+        parts[-1] = faiss.clone_index(parts[-1])
+        parts[-1].add_with_ids(vectors[:start], np.arange(offset, offset + start, dtype=np.int64))
+        shards[-1]["count"] += start
+    step = shard_size or max(len(vectors), 1)
+    for lo in range(start, len(vectors), step):
+        hi = min(lo + step, len(vectors))
+        part = faiss.clone_index(live.shards[0])
+        part.reset()  # trained and empty: same centroids, same labels scheme
+        part.add_with_ids(vectors[lo:hi], np.arange(offset + lo, offset + hi, dtype=np.int64))
+        parts.append(part)
+        shards.append({"file": shard_name(len(shards)), "offset": offset + lo, "count": hi - lo})
+    return parts, shards
 
 
 def _new_ids(ids, n: int, live):

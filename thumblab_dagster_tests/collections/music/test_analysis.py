@@ -80,8 +80,13 @@ def test_duration_is_the_files_length(analyses):
     assert all(analysis.duration_seconds == pytest.approx(4.0, abs=0.01) for analysis in analyses.values())
 
 
+def test_tag_names_are_the_packages_in_its_order():
+    from musicnn.configuration import MSD_LABELS  # plain constants: importing them does not need TensorFlow
+
+    assert MSD_TAGS == tuple(MSD_LABELS) and len(MSD_TAGS) == 50
+
+
 def test_musicnn_gives_50_finite_activations_with_the_bundled_weights(analyses):
-    assert len(MSD_TAGS) == 50 and MSD_TAGS[:3] == ("rock", "pop", "alternative") and MSD_TAGS[-1] == "happy"
     for analysis in analyses.values():
         assert analysis.tags is not None and len(analysis.tags) == 50
         assert all(math.isfinite(value) and 0.0 <= value <= 1.0 for value in analysis.tags)

@@ -2,9 +2,10 @@
 
     <music_dir>/...                                   the audio (THUMBLAB_MUSIC_DIR, default <data_root>/music)
     <data_root>/music_pg/                             the embedded Postgres (unless THUMBLAB_MUSIC_DB_URL is set)
-    <data_root>/music/indexes/<library>/              music_index: the engine's index directory (built, or
-                                                      appended to by ``add_track``)
-    <data_root>/music/stats/<library>.json            the index stats
+    <data_root>/music_libraries/indexes/<library>/    music_index: the engine's index directory (built, or
+                                                      appended to by ``add_track``); beside, never inside, the
+                                                      default music folder, so a scan never walks it
+    <data_root>/music_libraries/stats/<library>.json  the index stats
     <publish_dir>/<library>/                          the published library (engine publish, ``DirectoryLayout``)
 
 Library names are checked (``check_library_name``), so no name can point outside its folder.
@@ -20,6 +21,7 @@ from pathlib import Path
 from thumblab_dagster.lib.settings import load_settings
 
 MUSIC = "music"                   # the audio folder under the data root, and the audio pipeline's library
+LIBRARIES = "music_libraries"     # index directories and stats, under the data root
 PUBLISHED = "faiss_indices"       # under the data root, unless THUMBLAB_PUBLISH_DIR says otherwise
 DEFAULT_LIBRARY = "music"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -57,10 +59,10 @@ class MusicLayout:
         return cls.at(settings.data_root, settings.publish_dir, settings.music_dir)
 
     def index_dir(self, library: str) -> Path:
-        return self.root / MUSIC / "indexes" / check_library_name(library)
+        return self.root / LIBRARIES / "indexes" / check_library_name(library)
 
     def stats(self, library: str) -> Path:
-        return self.root / MUSIC / "stats" / f"{check_library_name(library)}.json"
+        return self.root / LIBRARIES / "stats" / f"{check_library_name(library)}.json"
 
     def library(self, library: str) -> Path:
         """The published library a service loads: ``<publish_dir>/<library>/`` (a link to its current version)."""

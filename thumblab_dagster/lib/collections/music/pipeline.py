@@ -295,7 +295,7 @@ def publish_library(layout: MusicLayout, store: MusicStore | None, library: str,
 
 
 def library_stats(layout: MusicLayout, store: MusicStore | None, library: str) -> tuple[dict, bytes]:
-    """Stats (written under music/stats/) with the guide's coverage, and a neighbour-similarity histogram."""
+    """Stats (written under music_libraries/stats/) with the guide's coverage, and a neighbour-similarity histogram."""
     directory = layout.index_dir(library)
     loaded = load_index_dir(directory, verify=False)
     measured = index_stats.measure(loaded)

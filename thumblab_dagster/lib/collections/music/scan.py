@@ -221,7 +221,6 @@ def resolve_inside(music_dir: str | Path, user_path: str | Path) -> Path:
     Symlinks are followed by hand, checking each target before it is touched, so nothing outside the
     folder is ever opened or stat-ed. No file there: ``TrackNotFoundError``.
     """
-    root = _music_root(music_dir)
     text = str(user_path)
     shown = text if len(text) <= 200 else text[:200] + "..."
     outside = PathOutsideError(f"{shown!r}: not inside the music folder; give a path relative to the music "
@@ -229,13 +228,14 @@ def resolve_inside(music_dir: str | Path, user_path: str | Path) -> Path:
     if not text.strip() or "\0" in text:
         raise PathOutsideError(f"{shown!r}: not a file path; give a path relative to the music folder")
     path = PurePath(text)
-    if ".." in path.parts:
+    if ".." in path.parts:   # refused by its shape, whether or not the folder exists yet
         raise outside
     if path.is_absolute():
-        relative = _relative_to_any(path, (Path(os.path.abspath(music_dir)), root))
+        relative = _relative_to_any(path, (Path(os.path.abspath(music_dir)), Path(os.path.realpath(music_dir))))
         if relative is None:
             raise outside
         path = relative
+    root = _music_root(music_dir)
     real = _follow(root, list(path.parts), outside, shown)
     if not stat.S_ISREG(os.stat(real).st_mode):
         raise TrackNotFoundError(f"{shown!r}: not a file in the music folder; give an audio file's path")
