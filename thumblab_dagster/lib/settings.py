@@ -163,6 +163,12 @@ SETTINGS: tuple[Setting, ...] = (
             doc="share of a partition's thumbnails that may still fail in transport (refused, reset, timed out, 5xx) "
                 "after retries; above it the partition fails and nothing is published. Content failures (404, not "
                 "an image) are skipped and counted"),
+    Setting("ray_address", "THUMBLAB_RAY_ADDRESS", str, None, target="catalogue.ray_address", shown_default="unset",
+            pattern=r"local|auto|ray://[^\s/:]+(:\d+)?|[^\s/:]+:\d+",
+            allowed="local, or a Ray cluster address such as ray://head:10001 (Ray Client) or head:6379",
+            doc="run the catalogue's embedding (Ray Data, one CLIP per actor) and shard building (one Ray task per "
+                "shard) on Ray: `local` starts a local Ray, otherwise a cluster address whose workers have this "
+                "package installed. Unset: in-process, and nothing imports Ray"),
     Setting("index_memory_mb", "THUMBLAB_INDEX_MEMORY_MB", int, 2048, target="index_engine.memory_budget_mb", ge=1,
             doc="memory an index may take, in MiB; decides Flat / HNSW / IVF / IVF-PQ"),
     Setting("index_target_recall", "THUMBLAB_INDEX_TARGET_RECALL", float, 0.95, target="index_engine.target_recall",
@@ -183,6 +189,15 @@ SETTINGS: tuple[Setting, ...] = (
             pattern=r"plan|auto|[A-Za-z0-9_,.]+", allowed="plan, auto or a faiss factory string such as IVF1024,PQ64",
             doc="the viewport's sampled index: `plan` (IVF1024,PQ64 when the sample can train it, else as `auto`), "
                 "`auto` (chosen for the sample within `THUMBLAB_INDEX_MEMORY_MB`) or a faiss factory string"),
+    Setting("catalogue_source", "THUMBLAB_CATALOGUE_SOURCE", str, "sample", target="catalogue.source",
+            pattern=r"sample|supabase|.+\.(?i:csv|parquet)",
+            allowed="sample, supabase, or the path of a .csv or .parquet file",
+            doc="the catalogue's products (columns `id`, `image_url`, `brand`; others kept as metadata): `sample` (a "
+                "few hundred drawn in-process), `supabase` (the table `THUMBLAB_CATALOGUE_TABLE`, over "
+                "`SUPABASE_DB_URL` when set, else `SUPABASE_URL` + `SUPABASE_KEY`) or a local CSV/parquet file"),
+    Setting("catalogue_table", "THUMBLAB_CATALOGUE_TABLE", str, "products", target="catalogue.table",
+            pattern=r"[A-Za-z_][A-Za-z0-9_]*", allowed="a table name such as products (letters, digits, underscores)",
+            doc="the Supabase table the catalogue's products are read from (`THUMBLAB_CATALOGUE_SOURCE=supabase`)"),
     Setting("music_dir", "THUMBLAB_MUSIC_DIR", str, None, target="music.music_dir",
             shown_default="`<data_root>/music`",
             doc="the music folder (wav, flac, mp3, ogg; subfolders too) that is scanned and analysed; the sensor "

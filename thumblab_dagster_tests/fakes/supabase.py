@@ -10,6 +10,8 @@ It speaks the wire formats for exactly what ``RestStore`` uses, over one in-memo
 * ``DELETE /rest/v1/ref_thumbnails?filters`` (``Prefer: count=exact`` -> ``Content-Range: */N``);
 * ``POST /rest/v1/rpc/match_ref_thumbnails`` and ``/rpc/ref_thumbnails_reference_scores``: exact cosine over
   the rows (numpy), unknown argument names -> 404 PGRST202 like the schema cache;
+* ``GET /rest/v1/<other>?select=*&col=op.value&order=..&limit=..`` on any read-only table given in ``tables``
+  (filters eq/neq/gt/gte/lt/lte, the value read as the column's type), capped at ``max_rows`` too;
 * Storage ``POST``/``PUT /storage/v1/object/<bucket>/<path>`` (multipart ``file`` part, ``x-upsert``) and
   ``GET /storage/v1/object[/authenticated]/<bucket>/<path>``, in Storage's error shape.
 
@@ -92,6 +94,7 @@ class FakeSupabase:
     dim: int | None = None  # the table's vector(dim); None: fixed by the first row
     max_rows: int = 1000
     rows: dict[str, dict] = field(default_factory=dict)  # video_id -> row (datetimes, float32 embedding)
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # other tables, read-only: name -> JSON rows
     objects: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)  # (bucket, path) -> body
     requests: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # queued: "503" or "drop", one per coming request
@@ -178,6 +181,26 @@ class FakeSupabase:
         page = rows[offset:offset + limit]
         return [self.render(r, columns) for r in page], (f"{offset}-{offset + len(page) - 1}" if page else "*"), \
             len(page) < total
+
+    def select_other(self, name: str, params: list[tuple[str, str]]) -> tuple[list[dict], str]:
+        """A GET on one of ``tables``: the page of rows (only the selected columns) and its Content-Range span."""
+        rows, query = self.tables[name], dict(params)
+        for column, expr in params:
+            if column in RESERVED:
+                continue
+            op, _, raw = expr.partition(".")
+            if op not in OPS:
+                raise PgError(400, "PGRST100", f'"failed to parse filter ({expr})" (line 1, column 1)')
+            rows = [r for r in rows if r.get(column) is not None and OPS[op](r[column], type(r[column])(raw))]
+        for term in reversed([t for t in query.get("order", "").split(",") if t]):
+            column, _, direction = term.partition(".")
+            rows = sorted(rows, key=lambda r: (r.get(column) is None, r.get(column)),
+                          reverse=direction.startswith("desc"))
+        offset = int(query.get("offset", 0))
+        page = rows[offset:offset + min(int(query.get("limit", self.max_rows)), self.max_rows)]
+        columns = None if query.get("select", "*") == "*" else query["select"].split(",")
+        page = [r if columns is None else {c: r.get(c) for c in columns} for r in page]
+        return page, f"{offset}-{offset + len(page) - 1}" if page else "*"
 
     def upsert(self, body, params: dict, prefer: set[str]) -> list[dict]:
         objs = body if isinstance(body, list) else [body]
@@ -334,6 +357,9 @@ def _handler(state: FakeSupabase):
             minimal = "return=minimal" in prefer
             if resource.startswith("rpc/") and self.command == "POST":
                 return self._json(200, state.rpc(resource[4:], record.get("json", {})))
+            if resource in state.tables and self.command in ("GET", "HEAD"):
+                rows, span = state.select_other(resource, params)
+                return self._json(200, rows, {"Content-Range": f"{span}/*", "Range-Unit": "items"})
             if resource != TABLE:
                 raise PgError(404, "42P01", f'relation "public.{resource}" does not exist')
             if self.command in ("GET", "HEAD"):

@@ -68,7 +68,7 @@ from thumblab_dagster.lib.engine.index_dir import (
     read_manifest,
 )
 from thumblab_dagster.lib.engine.manifest import Manifest
-from thumblab_dagster.lib.engine.shards import load_sharded
+from thumblab_dagster.lib.engine.shards import ShardedIndex, load_sharded
 
 VERSIONS_DIR = ".versions"
 CURRENT = "current"
@@ -369,10 +369,11 @@ def clean_leftovers(publish_root: str | os.PathLike, name: str, also=()) -> list
 # --- reading ----------------------------------------------------------------------------------
 
 def load_published(publish_root: str | os.PathLike, name: str, verify: bool = True, flat: bool = False,
-                   layout: DirectoryLayout | None = None):
+                   layout: DirectoryLayout | None = None) -> LoadedIndex | ShardedIndex:
     """``name``'s published copy, verified: its current version (resolved once, so never a mix), or the
     flat files where there is no version (a root published by an earlier release) or ``flat``.
-    With a ``DirectoryLayout``: the directory ``<root>/<name>`` names, resolved once."""
+    With a ``DirectoryLayout``: the directory ``<root>/<name>`` names, resolved once (a sharded
+    index loads as a ``ShardedIndex``)."""
     if layout is not None:
         directory = published_directory(publish_root, name)
         if directory is None:

@@ -109,6 +109,14 @@ def _utc(value) -> pd.Timestamp:
     return value.tz_localize("UTC") if value.tzinfo is None else value  # naive means UTC, as in _clean
 
 
+def checked_identifier(name: str, what: str = "table") -> str:
+    """A plain Postgres identifier (letters, digits and underscores, not starting with a digit), or one
+    ValueError line: a name that needs quoting is refused rather than spliced into a path or statement."""
+    if not (isinstance(name, str) and name.isidentifier() and name.isascii()):
+        raise ValueError(f"{what} name {name!r} is not a plain identifier: use letters, digits and underscores")
+    return name
+
+
 def vector_literal(vector) -> str:
     """pgvector's text form, ``[0.1,0.2,...]``, with enough digits to round-trip float32."""
     return "[" + ",".join(format(float(x), ".9g") for x in np.asarray(vector, dtype=np.float32)) + "]"

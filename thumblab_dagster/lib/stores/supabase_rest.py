@@ -37,6 +37,7 @@ from thumblab_dagster.lib.stores.supabase import (
     TABLE,
     TIMESTAMP_COLUMNS,
     as_date,
+    checked_identifier,
     newer_or_same,
     parse_vector,
     vector_literal,
@@ -208,6 +209,24 @@ class RestStore:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
         vectors = np.stack([parse_vector(r["embedding"]) for r in rows]) if rows else np.zeros((0, 0), np.float32)
         return frame, vectors
+
+    # -- any table (read-only) ------------------------------------------------------------------------------
+    def table_rows(self, table: str, key: str = "id") -> list[dict]:
+        """Every row of ``table`` as PostgREST renders it (JSON values), in ``key`` order. Keyset pages by
+        ``key`` (a unique, non-null column) until an empty page, as ``_pages`` reads ``ref_thumbnails``."""
+        table, key = checked_identifier(table), checked_identifier(key, "key column")
+        rows, after = [], None
+        while True:
+            query = self._client.table(table).select("*")
+            if after is not None:
+                query = query.gt(key, after)
+            page = self._call(f"select from {table}", query.order(key).limit(PAGE).execute).data
+            if not page:
+                return rows
+            rows.extend(page)
+            after = page[-1].get(key)
+            if after is None:  # nulls sort last: no key to page on past them
+                raise RestStoreError(f"{table} on {self._host} has rows without {key}: every row needs one")
 
     # -- similarity (RPC) ------------------------------------------------------------------------------------
     def match(self, vector: np.ndarray, niche: str, count: int) -> list[dict]:

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
 
 from thumblab_dagster.lib.stores.supabase import (
     COLUMNS,
@@ -24,6 +26,7 @@ from thumblab_dagster.lib.stores.supabase import (
     TABLE,
     TIMESTAMP_COLUMNS,
     as_date,
+    checked_identifier,
     render_schema,
 )
 
@@ -193,6 +196,17 @@ class SqlStore:
         sql = f"select score from {REFERENCE_FUNCTION}(%s, %s, %s) where score is not null"
         rows = self._call(REFERENCE_FUNCTION, lambda conn: conn.execute(sql, [niche, int(k), int(sample_size)]).fetchall())
         return np.array([r[0] for r in rows], dtype=np.float32)
+
+    def table_rows(self, table: str, key: str = "id") -> list[dict]:
+        """Every row of ``table`` as dicts of Python values, in ``key`` order (as ``RestStore.table_rows``)."""
+        query = pgsql.SQL("select * from {} order by {}").format(
+            pgsql.Identifier(checked_identifier(table)), pgsql.Identifier(checked_identifier(key, "key column")))
+        # its own short connection: the shared one needs pgvector, which a plain table may live without
+        with _connect(self._url, self._timeout) as conn, conn.cursor(row_factory=dict_row) as cur:
+            try:
+                return cur.execute(query).fetchall()
+            except psycopg.Error as err:
+                raise StoreError(f"select from {table} on {self._where} failed: {_scrub(str(err), self._url)}") from None
 
     def rows_between_dates(self, niche: str, first: date, last: date) -> tuple[pd.DataFrame, np.ndarray]:
         sql = (f"select {', '.join(_ALL)} from {TABLE} where niche = %s and partition_date between %s and %s "

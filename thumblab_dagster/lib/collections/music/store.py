@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -186,7 +187,9 @@ def _start_embedded(folder: Path) -> str:
                               "or set THUMBLAB_MUSIC_DB_URL to a PostgreSQL server") from None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(folder, cleanup_mode="stop")
+        with warnings.catch_warnings():   # platformdirs' XDG_RUNTIME_DIR fallback notice says nothing to a user
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            server = pgserver.get_server(folder, cleanup_mode="stop")
         uri = server.get_uri()
     except Exception as exc:  # noqa: BLE001 - pgserver raises assertion, subprocess and OS errors alike
         if isinstance(exc, subprocess.CalledProcessError):  # its text is the whole command line
