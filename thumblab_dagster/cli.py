@@ -377,7 +377,8 @@ def geo_add(mosaic, viewport_id, copy):
         known = viewport_id in instance.get_dynamic_partitions(VIEWPORTS)
         if not known:
             instance.add_dynamic_partitions(VIEWPORTS, [viewport_id])
-    click.echo(f"{viewport_id}: {placed}" + (f" -> {opened.path}" if placed != opened.path else "") +
+    how = f" (a copy of {opened.path})" if copy else f" -> {opened.path}" if placed != opened.path else ""
+    click.echo(f"{viewport_id}: {placed}{how}" +
                f"; partition {'already there' if known else 'added'} in {given.dagster_home}. The viewport_mosaics "
                f"sensor requests its build; or run `thumblab geo build {placed}`")
 

@@ -90,11 +90,11 @@ def test_every_stage_reports_progress(tmp_path, caplog):
     engine = [r for r in caplog.records if r.name.startswith("thumblab_dagster.lib.engine")]
     assert all(r.levelno == logging.INFO for r in engine)
     text = "\n".join(r.getMessage() for r in engine)
-    for expected in ("training IVF32,PQ8 on 6,000 vectors", "added 1,000 / 6,000 vectors", "added 6,000 / 6,000",
+    for expected in ("training IVF32,PQ8 on 6,000 vectors", "added 300 / 6,000 vectors (5%)", "added 6,000 / 6,000",
                      "tuned IVF32,PQ8", "lower 95% bound", "reference over 6,000 rows", "wrote IVF32,PQ8 over 6,000"):
         assert expected in text
     assert [s for s, _ in seen if s != "add"] == ["train", "tune", "tune", "reference", "write"]
-    assert sum(s == "add" for s, _ in seen) == 6
+    assert sum(s == "add" for s, _ in seen) == 20   # a line every 5% of the rows added
 
 
 def test_versions_compare_the_embedding_identity_not_its_wording(tmp_path):

@@ -125,6 +125,7 @@ class StoredVectorsWriter:
 def add_batches(parts: list[faiss.Index], shards: list[dict] | None, source: VectorSource, batch_size: int,
                 stored: StoredVectorsWriter | None = None, progress: Progress | None = None) -> None:
     """One pass over ``source``: each row goes to its shard under its global position."""
+    batch_size = max(1, min(batch_size, -(-source.n // ADD_REPORTS)))   # a progress line at least every 5%
     for start, batch in source.batches(batch_size):
         stop = start + len(batch)
         if shards is None:
@@ -137,7 +138,7 @@ def add_batches(parts: list[faiss.Index], shards: list[dict] | None, source: Vec
         if stored is not None:
             stored[start:stop] = batch
         if stop == source.n or stop * ADD_REPORTS // source.n > start * ADD_REPORTS // source.n:
-            report(log, progress, "add", f"added {stop:,} / {source.n:,} vectors")
+            report(log, progress, "add", f"added {stop:,} / {source.n:,} vectors ({100 * stop // source.n}%)")
 
 
 # --- the one build entry point ------------------------------------------------------------

@@ -206,7 +206,8 @@ class SqlStore:
             try:
                 return cur.execute(query).fetchall()
             except psycopg.Error as err:
-                raise StoreError(f"select from {table} on {self._where} failed: {_scrub(str(err), self._url)}") from None
+                first = (str(err).splitlines() or [type(err).__name__])[0]  # not the LINE / caret lines after it
+                raise StoreError(f"select from {table} on {self._where} failed: {_scrub(first, self._url)}") from None
 
     def rows_between_dates(self, niche: str, first: date, last: date) -> tuple[pd.DataFrame, np.ndarray]:
         sql = (f"select {', '.join(_ALL)} from {TABLE} where niche = %s and partition_date between %s and %s "

@@ -92,6 +92,7 @@ class Mosaic:
         """Rows a strip holds: within ``max_bytes`` of source values, whole blocks where possible."""
         itemsize = np.dtype(self.dtype).itemsize
         rows = max(1, max_bytes // max(1, self.width * self.bands * itemsize))
+        rows = min(rows, -(-self.height // PROGRESS_STEPS))   # a progress line at least every 5% of rows
         if rows >= self.block_height:
             rows -= rows % self.block_height   # whole tiles: each is decompressed once
         return min(rows, self.height)

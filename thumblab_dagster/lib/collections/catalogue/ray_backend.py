@@ -1,0 +1,266 @@
+"""The catalogue's embedding and shard building on Ray, with the in-process paths' results.
+
+With ``THUMBLAB_RAY_ADDRESS`` set (``local`` starts a local Ray, otherwise a cluster address such as
+``ray://head:10001``), ``ray_embed`` runs the embedding as Ray Data ``map_batches`` over an actor pool,
+each actor loading CLIP once, and ``ray_build_shards`` fills every shard in its own Ray task with a copy
+of the one trained empty index, under the rows' global positions (the engine's rule: train once, never
+``merge_from`` without ids). Both return what the in-process paths return (the same ids, vectors
+within float tolerance).
+
+Ray is imported inside the functions only: without the setting nothing imports it. A cluster's
+workers need this package installed (the actors and tasks run its code).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from thumblab_dagster.lib.collections.catalogue.embeddings import (
+    DEFAULT_BATCH_SIZE,
+    Fetch,
+    batch_line,
+    brand_lines,
+    embed_batch,
+    embed_stats,
+    empty_embeddings,
+    product_fetcher,
+)
+from thumblab_dagster.lib.embed.clip import DEFAULT_MODEL, DEFAULT_PRECISION, DEFAULT_PRETRAINED, load_clip
+from thumblab_dagster.lib.engine.index_dir import as_float32
+from thumblab_dagster.lib.engine.shards import labelled_part
+from thumblab_dagster.lib.engine.sources import ArraySource, VectorSource, open_source
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+SETTING_NAME = "THUMBLAB_RAY_ADDRESS"
+
+
+# --- connecting ---------------------------------------------------------------------------
+
+def ray_init(address: str | None, **options) -> None:
+    """Join Ray once per process: ``local`` starts a local Ray, anything else is a cluster address.
+
+    Already connected (a Dagster resource, a test fixture or an earlier call did it): kept as it is.
+    ``options`` go to ``ray.init`` (``num_cpus=2`` for a small local Ray, ``runtime_env``, ...).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not address:
+        raise ValueError(f"no Ray address: set {SETTING_NAME} to local or a cluster address such as "
+                         "ray://head:10001, or run in-process without it")
+    if str(address).strip().lower() == LOCAL:
+        # Ray nices its workers (15) by default; a local Ray does this process's own work, so it keeps
+        # this process's priority rather than yield to everything else on the machine.
+        system = {"worker_niceness": 0, **options.pop("_system_config", {})}
+        ray.init(**{"include_dashboard": False, **options}, _system_config=system)
+        return
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConnectionError(f"{SETTING_NAME}={address!r}: cannot join the Ray cluster ({reason}); start it "
+                              "(ray start --head) or use local") from None
+
+
+def _connected(address: str | None) -> None:
+    import ray
+
+    if address:
+        ray_init(address)
+    elif not ray.is_initialized():
+        raise RuntimeError(f"Ray is not running: pass address= (the value of {SETTING_NAME}) or call ray.init() first")
+
+
+def _use_assigned_cpus() -> int:
+    """Give faiss and torch the CPUs Ray assigned to this task or actor.
+
+    A reused worker keeps the thread count of the process's first task (1), whatever the task asks for.
+    """
+    import ray
+
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    faiss.omp_set_num_threads(cpus)
+    try:
+        import torch
+
+        torch.set_num_threads(cpus)
+    except ImportError:  # torch is a dependency; a bare worker image may still lack it for shard tasks
+        pass
+    return cpus
+
+
+# --- embedding -----------------------------------------------------------------------------
+
+def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str = DEFAULT_MODEL,
+              pretrained: str | None = DEFAULT_PRETRAINED, precision: str = DEFAULT_PRECISION, device: str = "cpu",
+              batch_size: int = DEFAULT_BATCH_SIZE, fetch: Fetch | None = None, actors: int | None = None,
+              cpus_per_actor: float = 1, gpus_per_actor: float = 0, log=logging.getLogger(__name__),
+              embedded_at: datetime | None = None) -> tuple[pd.DataFrame, dict]:
+    """``embed_products`` on Ray: the same rows (products' order) and stats, the same log lines.
+
+    Each Ray Data row is one batch of ``batch_size`` products; ``map_batches`` hands the batches to a pool
+    of ``actors`` (default: the cluster's CPUs per actor, at most one per batch), each of which loads CLIP
+    (``model``, ``pretrained``, ``precision``, ``device``) once and runs ``embed_batch``, the in-process
+    batch step, with ``fetch`` (default ``product_fetcher()``; it travels to the actors, so it must pickle).
+    Batches are logged as they finish (``Batch N: Total=..., Embedded=...``, N in finishing order).
+    """
+    import ray
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    say, warn = _say(log)
+    embedded_at = embedded_at or datetime.now(timezone.utc)  # one time for the run, as in-process
+    total = len(products)
+    batches = [{"number": number, "products": pickle.dumps(products.iloc[start:start + batch_size],
+                                                            protocol=pickle.HIGHEST_PROTOCOL)}
+               for number, start in enumerate(range(0, total, batch_size), start=1)]
+    frames: dict[int, pd.DataFrame] = {}
+    broken: dict[int, list] = {}
+    if batches:
+        _connected(address)
+        pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
+        pool = max(1, min(pool, len(batches)))
+        say(f"embedding {total} products in {len(batches)} batches on Ray ({pool} actors, one CLIP each)")
+        dataset = ray.data.from_items(batches).map_batches(
+            _BatchEmbedder, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool),
+            fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
+                                   "device": device, "fetch": fetch or product_fetcher(),
+                                   "embedded_at": embedded_at},
+            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+        done = 0
+        for finished, row in enumerate(dataset.iter_rows(), start=1):
+            frame, failed = pickle.loads(row["result"])
+            for b in failed:
+                warn(f"skipped the image of {b.id} ({b.kind}): {b.error}")
+            frames[int(row["number"])], broken[int(row["number"])] = frame, failed
+            done += len(frame)
+            say(batch_line(finished, total, done))
+    ordered = [frames[n] for n in sorted(frames)]
+    embedded = pd.concat(ordered, ignore_index=True) if ordered else empty_embeddings()
+    failures = [b for n in sorted(broken) for b in broken[n]]
+    stats = embed_stats(total, embedded, failures)
+    if failures:
+        warn(f"{len(failures)} of {total} images broken and skipped: "
+             + ", ".join(f"{label} x{n}" for label, n in stats["failures"].items()))
+    for line in brand_lines(stats["per_brand"]):
+        say(line)
+    return embedded, stats
+
+
+class _BatchEmbedder:
+    """(A Ray actor) CLIP loaded once; each call embeds one batch of products with ``embed_batch``."""
+
+    def __init__(self, *, model: str, pretrained: str | None, precision: str, device: str, fetch: Fetch,
+                 embedded_at: datetime):
+        _use_assigned_cpus()
+        self.clip = load_clip(model, pretrained, device, precision=precision)
+        self.fetch, self.embedded_at = fetch, embedded_at
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = []
+        for payload in rows["products"]:
+            frame, broken = embed_batch(pickle.loads(payload), self.fetch, self.clip, embedded_at=self.embedded_at)
+            results.append(pickle.dumps((frame, broken), protocol=pickle.HIGHEST_PROTOCOL))
+        return {"number": rows["number"], "result": np.array(results, dtype=object)}
+
+
+def _say(log):
+    """(info, warning) of a logger-like object (Dagster's ``context.log``, a ``logging.Logger``) or a callable."""
+    if hasattr(log, "info"):
+        return log.info, getattr(log, "warning", log.info)
+    return log, log
+
+
+# --- shards ---------------------------------------------------------------------------------
+
+def ray_build_shards(trained_empty: faiss.Index, vectors, shards: list[dict], *, address: str | None = None,
+                     cpus_per_task: float = 1, max_in_flight: int | None = None) -> list[faiss.Index]:
+    """One Ray task per shard fills a copy of ``trained_empty`` with its rows under their global positions.
+
+    ``vectors``: anything ``open_source`` reads (an array, a ``.npy`` or an embeddings parquet), read
+    once, in order; ``shards``: ``plan_shards(n, shard_size)`` (file, offset, count). Returns the filled
+    shard indices in ``shards``' order, as ``labelled_part`` + ``add_with_ids`` would in-process. At most
+    ``max_in_flight`` shards' vectors (default: the cluster's CPUs per task, plus one) are in Ray's object
+    store at once, so a collection larger than memory streams through.
+    """
+    import ray
+
+    source = open_source(vectors)
+    _check_plan(trained_empty, source, shards)
+    if not shards:
+        return []
+    _connected(address)
+    fill = ray.remote(num_cpus=cpus_per_task)(_fill_shard)
+    empty = ray.put(faiss.serialize_index(trained_empty))  # once, shared by every task
+    limit = max_in_flight or int(ray.cluster_resources().get("CPU", 1) // cpus_per_task) + 1
+    parts: list[faiss.Index | None] = [None] * len(shards)
+    pending: dict = {}
+
+    def collect_one() -> None:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        parts[pending.pop(ready)] = faiss.deserialize_index(ray.get(ready))
+
+    for i, chunk in enumerate(_shard_chunks(source, shards)):
+        while len(pending) >= max(1, limit):
+            collect_one()
+        pending[fill.remote(empty, shards[i]["offset"], chunk)] = i
+        del chunk  # the task holds it now; the object store frees it when the task is done
+    while pending:
+        collect_one()
+    return parts
+
+
+def _check_plan(trained_empty: faiss.Index, source: VectorSource, shards: list[dict]) -> None:
+    if not trained_empty.is_trained or trained_empty.ntotal:
+        raise ValueError(f"ray_build_shards needs a trained, empty index (is_trained={trained_empty.is_trained}, "
+                         f"ntotal={trained_empty.ntotal}): train once with train_empty and pass that")
+    if trained_empty.d != source.d:
+        raise ValueError(f"the index is {trained_empty.d}-d but the vectors are {source.d}-d: train on these vectors")
+    offset = 0
+    for shard in shards:
+        if shard["offset"] != offset or shard["count"] < 1:
+            raise ValueError(f"shard {shard.get('file')} starts at {shard['offset']} with {shard['count']} rows, "
+                             f"expected to start at {offset}: pass plan_shards(n, shard_size)")
+        offset += shard["count"]
+    if offset != source.n:
+        raise ValueError(f"the shards cover {offset:,} rows but there are {source.n:,} vectors: "
+                         "pass plan_shards(n, shard_size) for these vectors")
+
+
+def _shard_chunks(source: VectorSource, shards: list[dict], batch_size: int = 65_536) -> Iterator[np.ndarray]:
+    """Each shard's rows as one float32 array, reading ``source`` once in order."""
+    if isinstance(source, ArraySource):  # slices are views: no copy before Ray's own
+        for shard in shards:
+            yield as_float32(source.array[shard["offset"]:shard["offset"] + shard["count"]])
+        return
+    shard_iter = iter(shards)
+    shard = next(shard_iter, None)
+    buffer = np.empty((shard["count"], source.d), dtype=np.float32) if shard else None
+    filled = 0
+    for _, batch in source.batches(batch_size):
+        while len(batch) and shard is not None:
+            take = min(len(batch), shard["count"] - filled)
+            buffer[filled:filled + take] = batch[:take]
+            filled, batch = filled + take, batch[take:]
+            if filled == shard["count"]:
+                yield buffer
+                shard, filled = next(shard_iter, None), 0
+                buffer = np.empty((shard["count"], source.d), dtype=np.float32) if shard else None
+
+
+def _fill_shard(empty_bytes: np.ndarray, offset: int, vectors: np.ndarray) -> np.ndarray:
+    """(In a Ray task) a copy of the trained empty index holding ``vectors`` at ``offset``, ... as bytes."""
+    _use_assigned_cpus()
+    part = labelled_part(faiss.deserialize_index(empty_bytes))
+    part.add_with_ids(vectors, np.arange(offset, offset + len(vectors), dtype=np.int64))
+    return faiss.serialize_index(part)
