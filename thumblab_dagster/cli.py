@@ -583,6 +583,10 @@ from thumblab_dagster.cli_music import music  # noqa: E402 - registered here, af
 
 main.add_command(music)
 
+from thumblab_dagster.cli_catalogue import catalogue  # noqa: E402 - registered here, after the helpers it reuses
+
+main.add_command(catalogue)
+
 
 if __name__ == "__main__":
     main()

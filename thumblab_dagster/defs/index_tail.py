@@ -65,7 +65,8 @@ class IndexTail:
     check_recall: Callable[[Any], dict]            # -> lib.engine.tune.verify_recall's dict
     publish: Callable[[Any], Published]
     measure: Callable[[Any], Measured]
-    upload: Callable[[Any], Mapping[str, Any]] | None = None   # -> metadata; needs resource "index_upload"
+    upload: Callable[[Any], Mapping[str, Any]] | None = None   # -> metadata; needs resource ``upload_resource``
+    upload_resource: str = "index_upload"   # the resource that says where uploads go
     # -> why the index need not be built (what is published came from the same input and settings), or None.
     # With a reason the index is not materialised, the reason is an observation and an info line, and
     # everything after it in the run (checks, published copy, stats, upload) is skipped.
@@ -236,7 +237,7 @@ def index_tail(tail: IndexTail, *, with_upload: bool = False) -> tuple[list[dg.A
     assets = [index_asset, published_asset, stats_asset]
     if with_upload and tail.upload is not None:
         @dg.asset(name=tail.upload_name, deps=[index_asset], kinds={"faiss"}, description=about("upload"),
-                  **{**common, "required_resource_keys": common["required_resource_keys"] | {"index_upload"}})
+                  **{**common, "required_resource_keys": common["required_resource_keys"] | {tail.upload_resource}})
         def upload_asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             with lib_logs_to(context.log):
                 return dg.MaterializeResult(metadata=dict(tail.upload(context)))

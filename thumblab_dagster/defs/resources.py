@@ -11,6 +11,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+from thumblab_dagster.lib.collections.catalogue.layout import CatalogueLayout
+from thumblab_dagster.lib.collections.catalogue.pipeline import CatalogueSettings
 from thumblab_dagster.lib.collections.geo.layout import GeoLayout
 from thumblab_dagster.lib.collections.geo.pipeline import GeoSettings
 from thumblab_dagster.lib.collections.music.layout import MusicLayout
@@ -181,11 +183,42 @@ class MusicResource(dg.ConfigurableResource):
                              target_recall=engine.target_recall)
 
 
+class CatalogueResource(dg.ConfigurableResource):
+    """Product catalogues: where products come from, shard size, Ray, and the Storage bucket (the seed's names)."""
+
+    source: str = SETTING["catalogue_source"].resource_field()
+    table: str = SETTING["catalogue_table"].resource_field()
+    shard_size: int = SETTING["catalogue_shard_size"].resource_field()
+    batch_size: int = SETTING["catalogue_batch"].resource_field()
+    ray_address: str | None = SETTING["ray_address"].resource_field()
+    bucket: str | None = SETTING["bucket_name"].resource_field()
+    prefix: str = SETTING["storage_prefix"].resource_field()
+    supabase: SupabaseResource | None = None
+
+    def layout(self, storage: StorageResource) -> CatalogueLayout:
+        return CatalogueLayout.at(storage.data_root, storage.publish_dir)
+
+    def settings(self, engine: IndexEngineResource) -> CatalogueSettings:
+        return CatalogueSettings(source=self.source, table=self.table, shard_size=self.shard_size,
+                                 batch_size=self.batch_size, ray_address=self.ray_address,
+                                 memory_budget_bytes=engine.settings.memory_budget_bytes,
+                                 target_recall=engine.target_recall)
+
+    def supabase_settings(self):
+        return self.supabase.settings if self.supabase is not None else None
+
+    def destination(self):
+        """``supabase://<BUCKET_NAME>/<PREFIX>`` through the REST gateway."""
+        if not self.bucket:
+            raise ValueError("BUCKET_NAME is not set: the catalogue has nowhere to upload to")
+        return destination_for(f"supabase://{self.bucket}/{self.prefix.strip('/')}", self.supabase_settings())
+
+
 # The resource a settings row's target names: "storage.data_root" is StorageResource.data_root.
 RESOURCES = {"storage": StorageResource, "trending_source": TrendingSourceResource, "embedder": ClipEmbedderResource,
              "thumbnail_fetch": ThumbnailFetchResource, "supabase": SupabaseResource,
              "index_upload": IndexUploadResource, "index_engine": IndexEngineResource, "geo": GeoResource,
-             "music": MusicResource}
+             "music": MusicResource, "catalogue": CatalogueResource}
 
 
 def from_settings(key: str, settings, **extra) -> dg.ConfigurableResource:
@@ -221,6 +254,7 @@ def resources_from_env(environ=None) -> dict:
     resources = {key: from_settings(key, settings) for key in ("storage", "trending_source", "embedder",
                                                                "thumbnail_fetch", "geo", "music")}
     resources["index_engine"] = from_settings("index_engine", settings, supabase=supabase if from_store else None)
+    resources["catalogue"] = from_settings("catalogue", settings, supabase=supabase)
     if supabase is not None:
         resources["supabase"] = supabase
     if settings.index_upload_url:  # bound by name: fsspec URLs may carry credentials (sftp://user:pass@...)

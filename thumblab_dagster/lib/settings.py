@@ -198,6 +198,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("catalogue_table", "THUMBLAB_CATALOGUE_TABLE", str, "products", target="catalogue.table",
             pattern=r"[A-Za-z_][A-Za-z0-9_]*", allowed="a table name such as products (letters, digits, underscores)",
             doc="the Supabase table the catalogue's products are read from (`THUMBLAB_CATALOGUE_SOURCE=supabase`)"),
+    Setting("catalogue_shard_size", "THUMBLAB_CATALOGUE_SHARD_SIZE", int, 100_000, target="catalogue.shard_size",
+            ge=1, le=100_000_000, doc="products per shard of the catalogue index (`<prefix>_shard_00000.index`, ...); "
+                                      "new products fill the open last shard, then open new ones"),
+    Setting("catalogue_batch", "THUMBLAB_CATALOGUE_BATCH", int, 256, target="catalogue.batch_size", ge=1, le=100_000,
+            doc="products fetched and embedded per batch (a `Batch N: Total=..., Embedded=...` line after each)"),
+    Setting("bucket_name", "BUCKET_NAME", str, None, target="catalogue.bucket", shown_default="unset: no upload",
+            pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", allowed="a Supabase Storage bucket name such as faiss-indexes",
+            doc="the seed's name: the Supabase Storage bucket the published catalogue index is uploaded to "
+                "(needs `SUPABASE_URL` and `SUPABASE_KEY`)"),
+    Setting("storage_prefix", "PREFIX", str, "faiss", target="catalogue.prefix",
+            pattern=r"[A-Za-z0-9._/-]{1,200}", allowed="a folder path inside the bucket such as faiss or indexes/v2",
+            doc="the seed's name: the folder inside `BUCKET_NAME` the catalogue's files go to "
+                "(`<bucket>/<prefix>/<catalogue>/...`, the id map last)"),
     Setting("music_dir", "THUMBLAB_MUSIC_DIR", str, None, target="music.music_dir",
             shown_default="`<data_root>/music`",
             doc="the music folder (wav, flac, mp3, ogg; subfolders too) that is scanned and analysed; the sensor "

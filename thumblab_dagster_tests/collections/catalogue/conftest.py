@@ -13,7 +13,7 @@ from thumblab_dagster.lib.collections.catalogue.sample import sample_catalogue
 from thumblab_dagster.lib.embed.clip import load_clip
 
 TEST_CLIP = ("ViT-S-32", "none", "cpu")  # model, pretrained ("none": random, seeded), device
-SAMPLE_PRODUCTS = 24
+SAMPLE_PRODUCTS = 40
 
 
 @pytest.fixture(scope="session")

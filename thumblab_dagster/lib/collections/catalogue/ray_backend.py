@@ -113,6 +113,7 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
     (``model``, ``pretrained``, ``precision``, ``device``) once and runs ``embed_batch``, the in-process
     batch step, with ``fetch`` (default ``product_fetcher()``; it travels to the actors, so it must pickle).
     Batches are logged as they finish (``Batch N: Total=..., Embedded=...``, N in finishing order).
+    Over Ray Client (``ray://``), where Ray Data does not run, the same actors are driven by Ray's ActorPool.
     """
     import ray
 
@@ -121,6 +122,7 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
     say, warn = _say(log)
     embedded_at = embedded_at or datetime.now(timezone.utc)  # one time for the run, as in-process
     total = len(products)
+    # A whole batch is one row, pickled: the actor gets the very frame embed_products would (dtypes kept).
     batches = [{"number": number, "products": pickle.dumps(products.iloc[start:start + batch_size],
                                                             protocol=pickle.HIGHEST_PROTOCOL)}
                for number, start in enumerate(range(0, total, batch_size), start=1)]
@@ -130,19 +132,17 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
         _connected(address)
         pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
         pool = max(1, min(pool, len(batches)))
+        actor = {"model": model, "pretrained": pretrained, "precision": precision, "device": device,
+                 "fetch": fetch or product_fetcher(), "embedded_at": embedded_at}
+        resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor or None}
+        run = _on_actor_pool if _over_ray_client() else _on_ray_data
         say(f"embedding {total} products in {len(batches)} batches on Ray ({pool} actors, one CLIP each)")
-        dataset = ray.data.from_items(batches).map_batches(
-            _BatchEmbedder, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool),
-            fn_constructor_kwargs={"model": model, "pretrained": pretrained, "precision": precision,
-                                   "device": device, "fetch": fetch or product_fetcher(),
-                                   "embedded_at": embedded_at},
-            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
         done = 0
-        for finished, row in enumerate(dataset.iter_rows(), start=1):
-            frame, failed = pickle.loads(row["result"])
+        for finished, (number, payload) in enumerate(run(batches, pool, actor, resources), start=1):
+            frame, failed = pickle.loads(payload)
             for b in failed:
                 warn(f"skipped the image of {b.id} ({b.kind}): {b.error}")
-            frames[int(row["number"])], broken[int(row["number"])] = frame, failed
+            frames[number], broken[number] = frame, failed
             done += len(frame)
             say(batch_line(finished, total, done))
     ordered = [frames[n] for n in sorted(frames)]
@@ -157,8 +157,37 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
     return embedded, stats
 
 
+def _over_ray_client() -> bool:
+    import ray.util.client
+
+    return ray.util.client.ray.is_connected()
+
+
+def _on_ray_data(batches: list[dict], pool: int, actor: dict, resources: dict) -> Iterator[tuple[int, bytes]]:
+    """(batch number, pickled result) per batch as they finish: Ray Data ``map_batches`` over an actor pool."""
+    import ray
+
+    dataset = ray.data.from_items(batches).map_batches(
+        _BatchEmbedder, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool),
+        fn_constructor_kwargs=actor, **resources)
+    for row in dataset.iter_rows():
+        yield int(row["number"]), row["result"]
+
+
+def _on_actor_pool(batches: list[dict], pool: int, actor: dict, resources: dict) -> Iterator[tuple[int, bytes]]:
+    """The same, driven by ``ray.util.ActorPool``: Ray Data does not run over Ray Client (ray-project/ray#48682)."""
+    import ray
+    from ray.util import ActorPool
+
+    remote = ray.remote(**{k: v for k, v in resources.items() if v is not None})(_BatchEmbedder)
+    workers = ActorPool([remote.remote(**actor) for _ in range(pool)])
+    rows = ({"number": np.array([b["number"]]), "products": np.array([b["products"]], dtype=object)} for b in batches)
+    for result in workers.map_unordered(lambda worker, row: worker.embed.remote(row), rows):
+        yield int(result["number"][0]), result["result"][0]
+
+
 class _BatchEmbedder:
-    """(A Ray actor) CLIP loaded once; each call embeds one batch of products with ``embed_batch``."""
+    """(A Ray actor) CLIP loaded once; each call embeds batches of products with ``embed_batch``."""
 
     def __init__(self, *, model: str, pretrained: str | None, precision: str, device: str, fetch: Fetch,
                  embedded_at: datetime):
@@ -166,12 +195,14 @@ class _BatchEmbedder:
         self.clip = load_clip(model, pretrained, device, precision=precision)
         self.fetch, self.embedded_at = fetch, embedded_at
 
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def embed(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for payload in rows["products"]:
             frame, broken = embed_batch(pickle.loads(payload), self.fetch, self.clip, embedded_at=self.embedded_at)
             results.append(pickle.dumps((frame, broken), protocol=pickle.HIGHEST_PROTOCOL))
         return {"number": rows["number"], "result": np.array(results, dtype=object)}
+
+    __call__ = embed  # Ray Data calls the instance
 
 
 def _say(log):
