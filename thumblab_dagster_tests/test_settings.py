@@ -93,7 +93,7 @@ def test_an_empty_environment_gives_the_defaults_everywhere():
 def test_resources_from_an_empty_environment_are_the_default_resources():
     resources = res.resources_from_env({})
     assert set(resources) == {"storage", "trending_source", "embedder", "thumbnail_fetch", "index_engine", "geo",
-                              "music"}
+                              "music", "catalogue"}
     for key, resource in resources.items():
         default = res.RESOURCES[key]()
         assert resource == default, key

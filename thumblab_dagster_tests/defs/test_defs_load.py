@@ -18,8 +18,10 @@ THUMBNAIL_CHECKS = {"id_map_alignment", "index_recall", "embeddings_valid", "emb
 GEO_ASSETS = {"pixel_store", "pixel_index", "published_viewport", "viewport_stats", "viewport_preview"}
 GEO_CHECKS = {"id_map_alignment", "index_recall"}   # the shared tail's, on pixel_index
 MUSIC_ASSETS = {"music_files", "track_analysis", "music_index", "published_music_library", "music_library_stats"}
+CATALOGUE_ASSETS = {"catalogue_products", "product_embeddings", "catalogue_index", "published_catalogue",
+                    "catalogue_stats"}
 GROUPS = {**dict.fromkeys(THUMBNAIL_ASSETS, "thumbnails"), **dict.fromkeys(GEO_ASSETS, "geo"),
-          **dict.fromkeys(MUSIC_ASSETS, "music")}
+          **dict.fromkeys(MUSIC_ASSETS, "music"), **dict.fromkeys(CATALOGUE_ASSETS, "catalogue")}
 
 
 def test_every_asset_check_job_and_schedule_loads_in_its_group():
@@ -32,7 +34,8 @@ def test_every_asset_check_job_and_schedule_loads_in_its_group():
     blocking = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys
                 if graph.get_check_spec(k).blocking}
     assert blocking == {("niche_index", "id_map_alignment"), ("thumbnail_embeddings", "embeddings_valid"),
-                        ("pixel_index", "id_map_alignment"), ("music_index", "id_map_alignment")}
+                        ("pixel_index", "id_map_alignment"), ("music_index", "id_map_alignment"),
+                        ("catalogue_index", "id_map_alignment")}
     job = loaded.resolve_job_def("daily_refresh")
     assert {n.name for n in job.nodes} >= {"trending_videos", "niche_index", "niche_index_id_map_alignment"}
     schedule = loaded.resolve_schedule_def("daily_refresh_schedule")
@@ -43,8 +46,8 @@ def test_every_asset_check_job_and_schedule_loads_in_its_group():
 def test_the_upload_joins_only_when_configured(tmp_path):
     resources = {**resources_from_env({}), "index_upload": IndexUploadResource(url=f"file://{tmp_path}/up")}
     keys = {k.to_user_string() for k in build_definitions(resources).resolve_asset_graph().get_all_asset_keys()}
-    assert keys == THUMBNAIL_ASSETS | GEO_ASSETS | MUSIC_ASSETS | {"uploaded_index", "uploaded_viewport",
-                                                                   "uploaded_music_library"}
+    assert keys == THUMBNAIL_ASSETS | GEO_ASSETS | MUSIC_ASSETS | CATALOGUE_ASSETS | {
+        "uploaded_index", "uploaded_viewport", "uploaded_music_library"}
 
 
 def instance_env(tmp_path) -> dict:
@@ -71,7 +74,7 @@ def test_dg_checks_and_lists_the_thumbnails_group(tmp_path):
     found = json.loads(listed.stdout)
     assert {a["asset_key"]: a["group_name"] for a in found["assets"]} == GROUPS
     assert {c["name"] for c in found["asset_checks"]} == THUMBNAIL_CHECKS | GEO_CHECKS
-    assert sorted(j["name"] for j in found["jobs"]) == ["build_music_library", "build_viewport", "daily_refresh",
-                                                        "rebuild_indices"]
+    assert sorted(j["name"] for j in found["jobs"]) == ["build_catalogue", "build_music_library", "build_viewport",
+                                                        "daily_refresh", "rebuild_indices"]
     assert [(s["name"], s["cron_schedule"]) for s in found["schedules"]] == [("daily_refresh_schedule", "0 3 * * *")]
     assert sorted(s["name"] for s in found["sensors"]) == ["music_folder", "viewport_mosaics"]

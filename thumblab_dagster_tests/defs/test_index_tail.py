@@ -50,4 +50,4 @@ def test_an_installed_copy_loads_without_the_checkout(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     location, counts = out.stdout.split("\n")[:2]
-    assert location.startswith(str(target)) and counts == "15 10"   # thumbnails 5 + 6, geo 5 + 2, music 5 + 2
+    assert location.startswith(str(target)) and counts == "20 12"   # thumbnails 5 + 6, geo 5 + 2, music 5 + 2, catalogue 5 + 2

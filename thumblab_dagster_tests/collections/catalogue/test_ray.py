@@ -67,6 +67,22 @@ def test_ray_embedding_equals_in_process(local_ray, sample_products, sample_embe
     assert any(line.startswith("skipped the image of broken-1 (content)") for line in lines)
 
 
+def test_over_ray_client_the_same_actors_run_on_an_actor_pool(local_ray, sample_products, sample_embeddings, fetch,
+                                                               monkeypatch):
+    """Ray Data does not run over Ray Client (ray://): there the actors are driven by ray.util.ActorPool."""
+    import thumblab_dagster.lib.collections.catalogue.ray_backend as backend
+
+    monkeypatch.setattr(backend, "_over_ray_client", lambda: True)
+    monkeypatch.setattr(backend, "_on_ray_data", None)  # not reached
+    products = sample_products.iloc[:12]
+    got, stats = ray_embed(products, model=MODEL, pretrained=PRETRAINED, device=DEVICE, batch_size=4, fetch=fetch,
+                           actors=2, log=lambda line: None)
+    want = sample_embeddings.iloc[:12]
+    assert got["id"].tolist() == want["id"].tolist() and stats["embedded"] == 12 and stats["broken"] == 0
+    # other batch companions than in-process (4, not 16 a batch): equal within float noise
+    np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5, rtol=0)
+
+
 def test_ray_embedding_of_nothing_needs_no_ray():
     got, stats = ray_embed(pd.DataFrame(columns=["id", "image_url", "brand"]), log=lambda line: None)
     assert got.empty and stats["total"] == 0 and stats["embedded"] == 0

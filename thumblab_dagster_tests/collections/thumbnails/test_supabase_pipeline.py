@@ -177,7 +177,7 @@ def test_without_supabase_the_definitions_are_the_embedded_default():
     assert "supabase" not in resources and "index_upload" not in resources
     defs = build_definitions(resources)
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).group_name != "geo"}
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).group_name == "thumbnails"}
     assert keys == {"trending_videos", "thumbnail_embeddings", "niche_index", "published_index", "index_stats"}
     with pytest.raises(ValueError, match="THUMBLAB_INDEX_SOURCE=supabase needs SUPABASE_DB_URL"):
         resources_from_env({"THUMBLAB_INDEX_SOURCE": "supabase"})

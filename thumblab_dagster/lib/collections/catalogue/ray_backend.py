@@ -36,11 +36,12 @@ from thumblab_dagster.lib.embed.clip import DEFAULT_MODEL, DEFAULT_PRECISION, DE
 from thumblab_dagster.lib.engine.index_dir import as_float32
 from thumblab_dagster.lib.engine.shards import labelled_part
 from thumblab_dagster.lib.engine.sources import ArraySource, VectorSource, open_source
+from thumblab_dagster.lib.settings import SETTING
 
 log = logging.getLogger(__name__)
 
 LOCAL = "local"
-SETTING_NAME = "THUMBLAB_RAY_ADDRESS"
+SETTING_NAME = SETTING["ray_address"].env   # declared once, in lib/settings.py
 
 
 # --- connecting ---------------------------------------------------------------------------
