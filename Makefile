@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo demo-geo demo-music test dev defs serve install lint benchmark clean
+.PHONY: demo demo-geo demo-catalogue demo-music test dev defs serve install lint benchmark clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo-geo: install $(DAGSTER_HOME)/dagster.yaml
 ## Generate a few synthetic tracks (two styles), analyse (Essentia + MusiCNN), build and publish them, print two playlists.
 demo-music: install
 	$(VENV)/bin/thumblab music demo
+
+## Build the bundled sample catalogue (110 products, shards of 50), add 10 and build again (only those embedded), run the checker.
+demo-catalogue: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/thumblab catalogue demo
 
 ## Install and run the test suite.
 test: install

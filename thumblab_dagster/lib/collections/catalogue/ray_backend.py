@@ -82,8 +82,8 @@ def _connected(address: str | None) -> None:
         raise RuntimeError(f"Ray is not running: pass address= (the value of {SETTING_NAME}) or call ray.init() first")
 
 
-def _use_assigned_cpus() -> int:
-    """Give faiss and torch the CPUs Ray assigned to this task or actor.
+def _use_assigned_cpus(torch_too: bool) -> int:
+    """Give faiss (and torch, for CLIP) the CPUs Ray assigned to this task or actor.
 
     A reused worker keeps the thread count of the process's first task (1), whatever the task asks for.
     """
@@ -91,12 +91,10 @@ def _use_assigned_cpus() -> int:
 
     cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     faiss.omp_set_num_threads(cpus)
-    try:
+    if torch_too:  # only where CLIP runs: importing torch costs a shard task seconds
         import torch
 
         torch.set_num_threads(cpus)
-    except ImportError:  # torch is a dependency; a bare worker image may still lack it for shard tasks
-        pass
     return cpus
 
 
@@ -192,7 +190,7 @@ class _BatchEmbedder:
 
     def __init__(self, *, model: str, pretrained: str | None, precision: str, device: str, fetch: Fetch,
                  embedded_at: datetime):
-        _use_assigned_cpus()
+        _use_assigned_cpus(torch_too=True)
         self.clip = load_clip(model, pretrained, device, precision=precision)
         self.fetch, self.embedded_at = fetch, embedded_at
 
@@ -292,7 +290,7 @@ def _shard_chunks(source: VectorSource, shards: list[dict], batch_size: int = 65
 
 def _fill_shard(empty_bytes: np.ndarray, offset: int, vectors: np.ndarray) -> np.ndarray:
     """(In a Ray task) a copy of the trained empty index holding ``vectors`` at ``offset``, ... as bytes."""
-    _use_assigned_cpus()
+    _use_assigned_cpus(torch_too=False)
     part = labelled_part(faiss.deserialize_index(empty_bytes))
     part.add_with_ids(vectors, np.arange(offset, offset + len(vectors), dtype=np.int64))
     return faiss.serialize_index(part)
