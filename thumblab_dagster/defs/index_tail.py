@@ -93,6 +93,26 @@ class IndexTail:
                 object.__setattr__(self, f"{role}_name", f"{self.group}_{name}")
 
 
+def published_result(result, directory) -> Published:
+    """An engine ``PublishResult`` as the tail's ``Published``: where it is, and the version it made."""
+    return Published(result.published, result.reason,
+                     {"directory": dg.MetadataValue.path(str(directory)),
+                      **({"version": dg.MetadataValue.path(result.paths["version"])} if result.published else {})})
+
+
+def upload_dir(context, directory, name: str) -> dict:
+    """Upload a checked index directory to ``<name>/<build time>/`` and ``<name>/latest/``; the metadata."""
+    from thumblab_dagster.lib.engine.index_dir import read_manifest
+    from thumblab_dagster.lib.engine.publish import snapshot_of
+    from thumblab_dagster.lib.stores.upload import upload_index_dir
+
+    result = upload_index_dir(directory, context.resources.index_upload.destination(), name,
+                              snapshot_of(read_manifest(directory)), log=context.log)
+    return {"destination": result.destination, "dated_copy": result.dated, "latest_copy": result.latest,
+            "files": ", ".join(result.files), "bytes": result.bytes,
+            "verified": "size and sha256 of every file, read back"}
+
+
 class _ToDagsterLog(logging.Handler):
     """Forwards lib/'s log records (engine progress: train, add, tune, reference) to the run's event log.
 

@@ -7,7 +7,7 @@ import dagster as dg
 
 from thumblab_dagster.defs.catalogue.assets import product_embeddings
 from thumblab_dagster.defs.catalogue.where import GROUP, OWNERS, RESOURCES, TAGS, catalogue_partitions, where
-from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail
+from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail, published_result
 from thumblab_dagster.defs.metadata import ROW_COUNT, rounded, search_quality
 from thumblab_dagster.lib.collections.catalogue import pipeline
 
@@ -49,9 +49,7 @@ def check_recall(context) -> dict:
 def publish(context) -> Published:
     layout, name, _ = where(context)
     result = pipeline.publish_catalogue(layout, name, mode=int(context.resources.storage.publish_mode, 8))
-    return Published(result.published, result.reason,
-                     {"directory": dg.MetadataValue.path(str(layout.catalogue(name))),
-                      **({"version": dg.MetadataValue.path(result.paths["version"])} if result.published else {})})
+    return published_result(result, layout.catalogue(name))
 
 
 def measure(context) -> Measured:

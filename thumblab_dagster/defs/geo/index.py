@@ -8,13 +8,11 @@ import dagster as dg
 from thumblab_dagster.defs.geo.assets import pixel_store
 from thumblab_dagster.defs.geo.partitions import GROUP, OWNERS, TAGS, viewport_partitions
 from thumblab_dagster.defs.geo.where import where
-from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail
+from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail, published_result, upload_dir
 from thumblab_dagster.defs.metadata import ROW_COUNT, rounded, search_quality
 from thumblab_dagster.lib.collections.geo import pipeline
 from thumblab_dagster.lib.collections.geo.discovery import UnknownViewportError, find_mosaic
-from thumblab_dagster.lib.engine.index_dir import read_manifest
 from thumblab_dagster.lib.engine.validate import AlignmentReport
-from thumblab_dagster.lib.stores.upload import upload_index_dir
 
 
 def skip(context) -> str | None:
@@ -57,9 +55,7 @@ def check_recall(context) -> dict:
 def publish(context) -> Published:
     layout, viewport_id, _ = where(context)
     result = pipeline.publish_viewport(layout, viewport_id, mode=int(context.resources.storage.publish_mode, 8))
-    return Published(result.published, result.reason,
-                     {"directory": dg.MetadataValue.path(str(layout.viewport(viewport_id))),
-                      **({"version": dg.MetadataValue.path(result.paths["version"])} if result.published else {})})
+    return published_result(result, layout.viewport(viewport_id))
 
 
 def measure(context) -> Measured:
@@ -79,13 +75,7 @@ def measure(context) -> Measured:
 
 def upload(context) -> dict:
     layout, viewport_id, _ = where(context)
-    directory = layout.index_dir(viewport_id)
-    snapshot = pipeline.snapshot_of(read_manifest(directory))
-    result = upload_index_dir(directory, context.resources.index_upload.destination(), viewport_id, snapshot,
-                              log=context.log)
-    return {"destination": result.destination, "dated_copy": result.dated, "latest_copy": result.latest,
-            "files": ", ".join(result.files), "bytes": result.bytes,
-            "verified": "size and sha256 of every file, read back"}
+    return upload_dir(context, layout.index_dir(viewport_id), viewport_id)
 
 
 def geo_index_tail() -> IndexTail:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail
+from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Published, index_tail, published_result, upload_dir
 from thumblab_dagster.defs.metadata import ROW_COUNT, rounded, search_quality
 from thumblab_dagster.defs.music.assets import track_analysis
 from thumblab_dagster.defs.music.where import GROUP, LIBRARY, OWNERS, RESOURCES, TAGS, layout_and_settings, music_store
 from thumblab_dagster.lib.collections.music import pipeline
-from thumblab_dagster.lib.engine.index_dir import read_manifest
-from thumblab_dagster.lib.engine.publish import snapshot_of
-from thumblab_dagster.lib.stores.upload import upload_index_dir
 
 
 def skip(context) -> str | None:
@@ -53,9 +50,7 @@ def check_recall(context) -> dict:
 def publish(context) -> Published:
     with music_store(context) as (layout, store, _):
         result = pipeline.publish_library(layout, store, LIBRARY, mode=int(context.resources.storage.publish_mode, 8))
-    return Published(result.published, result.reason,
-                     {"directory": dg.MetadataValue.path(str(layout.library(LIBRARY))),
-                      **({"version": dg.MetadataValue.path(result.paths["version"])} if result.published else {})})
+    return published_result(result, layout.library(LIBRARY))
 
 
 def measure(context) -> Measured:
@@ -71,12 +66,7 @@ def measure(context) -> Measured:
 
 def upload(context) -> dict:
     layout, _ = layout_and_settings(context)
-    directory = layout.index_dir(LIBRARY)
-    result = upload_index_dir(directory, context.resources.index_upload.destination(), LIBRARY,
-                              snapshot_of(read_manifest(directory)), log=context.log)
-    return {"destination": result.destination, "dated_copy": result.dated, "latest_copy": result.latest,
-            "files": ", ".join(result.files), "bytes": result.bytes,
-            "verified": "size and sha256 of every file, read back"}
+    return upload_dir(context, layout.index_dir(LIBRARY), LIBRARY)
 
 
 def music_index_tail() -> IndexTail:
