@@ -22,7 +22,7 @@ PACKAGE = Path(thumblab_dagster.__file__).parent
 LIB = PACKAGE / "lib"
 SHARED = ["engine", "query", "embed", "stores"]
 GENERIC = ["engine", "query"]
-COLLECTION_WORDS = ["video_id", "niche", "views_per_hour", "pixel", "track"]
+COLLECTION_WORDS = ["video_id", "niche", "views_per_hour", "pixel", "track", "tempo", "playlist", "brand", "catalogue"]
 NOT_FROM_LIB = ["dagster", "thumblab_dagster.defs", "thumblab_dagster.definitions", "thumblab_dagster.demo",
                 "thumblab_dagster.cli", "thumblab_dagster.service"]
 
