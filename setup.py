@@ -44,7 +44,6 @@ setup(
         "mutagen>=1.47",
         "essentia>=2.1b6.dev1389",
         "ray[data,client]>=2.58",  # the catalogue on Ray (THUMBLAB_RAY_ADDRESS); imported only when that is set
-        "dagster-ray>=0.4.8",
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.5", "dagster-dg-cli>=1.13,<1.14"],

@@ -194,10 +194,17 @@ def build_index_dir(target: str | os.PathLike, vectors, ids, spec: IndexSpec | N
         with timed(seconds, "train"):
             empty, trained_on = train_empty(factory, spec.metric, source, spec.seed, spec.progress)
         shards = plan_shards(source.n, spec.shard_size) if spec.shard_size else None
-        parts = [labelled_part(empty) for _ in shards] if shards is not None else [empty]
         stored = StoredVectorsWriter(staging.path(VECTORS_FILE), source.n, source.d) if is_lossy(factory) else None
         with timed(seconds, "add"):
-            add_batches(parts, shards, source, spec.batch_size, stored, spec.progress)
+            if shards is not None and spec.fill_shards is not None:
+                parts = list(spec.fill_shards(empty, source, shards))
+                if stored is not None:  # the re-rank vectors, in order
+                    for start, batch in source.batches(spec.batch_size):
+                        stored[start:start + len(batch)] = batch
+                report(log, spec.progress, "add", f"filled {len(parts)} shards with {source.n:,} vectors")
+            else:
+                parts = [labelled_part(empty) for _ in shards] if shards is not None else [empty]
+                add_batches(parts, shards, source, spec.batch_size, stored, spec.progress)
         rerank = None
         if stored is not None:
             stored.close()

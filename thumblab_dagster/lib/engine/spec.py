@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +74,9 @@ class IndexSpec:
     extra: Mapping = field(default_factory=dict)        # more manifest fields (a collection's own)
     extra_files: Mapping[str, os.PathLike] = field(default_factory=dict)  # prepared files, moved in
     progress: Progress | None = None     # called with (stage, message) besides the INFO log line
+    # (trained empty index, VectorSource, shard plan) -> the filled shards, each labelled with its rows'
+    # global positions as add_batches fills them (e.g. by parallel tasks); None: in this process
+    fill_shards: Callable | None = None
 
 
 FIELDS = {f.name for f in dataclasses.fields(IndexSpec)}

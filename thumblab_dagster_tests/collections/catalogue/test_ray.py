@@ -18,9 +18,16 @@ import pandas as pd
 import pytest
 
 from thumblab_dagster.lib.collections.catalogue.embeddings import batch_line, brand_lines, embed_stats
-from thumblab_dagster.lib.collections.catalogue.ray_backend import ray_build_shards, ray_embed, ray_init
+from thumblab_dagster.lib.collections.catalogue.ray_backend import (
+    ray_build_catalogue_index,
+    ray_build_shards,
+    ray_embed,
+    ray_init,
+    root_cause,
+)
+from thumblab_dagster.lib.collections.catalogue.shards import SEED_ID_MAP, build_catalogue_index
 from thumblab_dagster.lib.engine.build import add_batches, train_empty
-from thumblab_dagster.lib.engine.shards import labelled_part, plan_shards
+from thumblab_dagster.lib.engine.shards import labelled_part, load_sharded, plan_shards
 from thumblab_dagster.lib.engine.sources import open_source
 from thumblab_dagster.lib.settings import SettingsError, load_settings
 from thumblab_dagster_tests.collections.catalogue.conftest import TEST_CLIP
@@ -83,6 +90,17 @@ def test_over_ray_client_the_same_actors_run_on_an_actor_pool(local_ray, sample_
     np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(want["embedding"]), atol=1e-5, rtol=0)
 
 
+def test_an_actors_error_is_one_line_naming_its_cause():
+    """Ray's error text is the actor's whole traceback; the line kept is the innermost error."""
+    ray_text = ("The actor died because of an error raised in its creation task, \x1b[36mray::MapWorker(...)\x1b[39m\n"
+                "Traceback (most recent call last):\n  File \"clip.py\", line 202, in _load_fp32\n"
+                "    raise ValueError(f\"unknown open_clip model ...\")\n"
+                "ValueError: unknown open_clip model 'ViT-Nope' (THUMBLAB_CLIP_MODEL); see open_clip.list_models()\n")
+    assert root_cause(RuntimeError(ray_text)) == \
+        "ValueError: unknown open_clip model 'ViT-Nope' (THUMBLAB_CLIP_MODEL); see open_clip.list_models()"
+    assert root_cause(RuntimeError("the node died\n")) == "the node died"
+
+
 def test_ray_embedding_of_nothing_needs_no_ray():
     got, stats = ray_embed(pd.DataFrame(columns=["id", "image_url", "brand"]), log=lambda line: None)
     assert got.empty and stats["total"] == 0 and stats["embedded"] == 0
@@ -91,9 +109,18 @@ def test_ray_embedding_of_nothing_needs_no_ray():
 # --- shards ----------------------------------------------------------------------------------
 
 def _in_process(empty: faiss.Index, vectors: np.ndarray, shards: list[dict]) -> list[faiss.Index]:
-    """What build_index_dir does with a shard plan: labelled copies of one trained index, filled in batches."""
-    parts = [labelled_part(empty) for _ in shards]
-    add_batches(parts, shards, open_source(vectors), batch_size=512)
+    """What build_index_dir does with a shard plan: labelled copies of one trained index, filled in batches.
+
+    On one faiss thread, as each Ray task (1 CPU) runs: the thread count may move a vector exactly tied
+    between two lists (BLAS sums in another order), so byte equality is asked at the same count.
+    """
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        parts = [labelled_part(empty) for _ in shards]
+        add_batches(parts, shards, open_source(vectors), batch_size=512)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return parts
 
 
@@ -131,6 +158,23 @@ def test_ray_shards_equal_the_in_process_build(local_ray, trained, tmp_path):
         ref_distances, ref_labels = ref.search(queries, 5)
         np.testing.assert_array_equal(labels, ref_labels)
         np.testing.assert_allclose(distances, ref_distances, atol=1e-5)
+
+
+def test_a_full_catalogue_build_on_ray_equals_the_in_process_one(local_ray, tmp_path):
+    """The engine trains once and writes; only the filling of the shards moves to Ray tasks."""
+    vectors = np.random.default_rng(5).standard_normal((600, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"p{i:05d}" for i in range(600)]
+    build_catalogue_index(tmp_path / "in", vectors, ids, shard_size=250)
+    manifest = ray_build_catalogue_index(tmp_path / "ray", vectors, ids, shard_size=250)
+    ours, theirs = load_sharded(tmp_path / "in"), load_sharded(tmp_path / "ray")
+    assert manifest.shards == ours.manifest.shards and len(manifest.shards) == 3
+    assert theirs.ids.tolist() == ours.ids.tolist() == ids
+    assert (tmp_path / "ray" / SEED_ID_MAP).read_text() == (tmp_path / "in" / SEED_ID_MAP).read_text()
+    for part, ref in zip(theirs.shards, ours.shards):
+        np.testing.assert_array_equal(_labels(part), _labels(ref))
+    np.testing.assert_allclose(np.stack([theirs.reconstruct(i) for i in range(600)]), vectors, atol=1e-5)
+    np.testing.assert_array_equal(theirs.search(vectors[::50], 3)[1], ours.search(vectors[::50], 3)[1])
 
 
 def test_bad_shard_plans_are_one_clear_line(trained):

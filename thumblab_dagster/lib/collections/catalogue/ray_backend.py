@@ -4,8 +4,9 @@ With ``THUMBLAB_RAY_ADDRESS`` set (``local`` starts a local Ray, otherwise a clu
 ``ray://head:10001``), ``ray_embed`` runs the embedding as Ray Data ``map_batches`` over an actor pool,
 each actor loading CLIP once, and ``ray_build_shards`` fills every shard in its own Ray task with a copy
 of the one trained empty index, under the rows' global positions (the engine's rule: train once, never
-``merge_from`` without ids). Both return what the in-process paths return (the same ids, vectors
-within float tolerance).
+``merge_from`` without ids); ``ray_build_catalogue_index`` is ``build_catalogue_index`` with that fill.
+All return what the in-process paths return (the same ids, vectors within float tolerance). Over Ray
+Client (``ray://``), where Ray Data does not run, the embedding actors are driven by Ray's ActorPool.
 
 Ray is imported inside the functions only: without the setting nothing imports it. A cluster's
 workers need this package installed (the actors and tasks run its code).
@@ -13,8 +14,12 @@ workers need this package installed (the actors and tasks run its code).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
 import pickle
+import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -32,10 +37,13 @@ from thumblab_dagster.lib.collections.catalogue.embeddings import (
     empty_embeddings,
     product_fetcher,
 )
+from thumblab_dagster.lib.collections.catalogue.shards import build_catalogue_index
 from thumblab_dagster.lib.embed.clip import DEFAULT_MODEL, DEFAULT_PRECISION, DEFAULT_PRETRAINED, load_clip
 from thumblab_dagster.lib.engine.index_dir import as_float32
+from thumblab_dagster.lib.engine.manifest import Manifest
 from thumblab_dagster.lib.engine.shards import labelled_part
 from thumblab_dagster.lib.engine.sources import ArraySource, VectorSource, open_source
+from thumblab_dagster.lib.engine.spec import IndexSpec, resolve_spec
 from thumblab_dagster.lib.settings import SETTING
 
 log = logging.getLogger(__name__)
@@ -69,8 +77,9 @@ def ray_init(address: str | None, **options) -> None:
         ray.init(address=address, **options)
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConnectionError(f"{SETTING_NAME}={address!r}: cannot join the Ray cluster ({reason}); start it "
-                              "(ray start --head) or use local") from None
+        raise ConnectionError(f"{SETTING_NAME}={address!r}: cannot join the Ray cluster ({reason}); check that it "
+                              "runs and is reachable from here (a cluster with token authentication also needs "
+                              "RAY_AUTH_MODE=token and its token here), or use local") from None
 
 
 def _connected(address: str | None) -> None:
@@ -80,6 +89,28 @@ def _connected(address: str | None) -> None:
         ray_init(address)
     elif not ray.is_initialized():
         raise RuntimeError(f"Ray is not running: pass address= (the value of {SETTING_NAME}) or call ray.init() first")
+
+
+@contextlib.contextmanager
+def _failures_in_one_line(what: str):
+    """A task's or actor's error as one line naming its cause (Ray's own message is its whole traceback)."""
+    import ray.exceptions
+
+    try:
+        yield
+    except ray.exceptions.RayError as exc:
+        raise RuntimeError(f"{what} failed: {root_cause(exc)}") from exc
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost ``SomeError: message`` line of a Ray error's traceback text, else its last line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    found = [line for line in lines if _ERROR_LINE.match(line)]
+    return (found or lines or [type(exc).__name__])[-1][:300]
 
 
 def _use_assigned_cpus(torch_too: bool) -> int:
@@ -118,6 +149,8 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if cpus_per_actor <= 0:
+        raise ValueError(f"cpus_per_actor must be above 0, got {cpus_per_actor}")
     say, warn = _say(log)
     embedded_at = embedded_at or datetime.now(timezone.utc)  # one time for the run, as in-process
     total = len(products)
@@ -129,7 +162,7 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
     broken: dict[int, list] = {}
     if batches:
         _connected(address)
-        pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
+        pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
         pool = max(1, min(pool, len(batches)))
         actor = {"model": model, "pretrained": pretrained, "precision": precision, "device": device,
                  "fetch": fetch or product_fetcher(), "embedded_at": embedded_at}
@@ -137,13 +170,14 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
         run = _on_actor_pool if _over_ray_client() else _on_ray_data
         say(f"embedding {total} products in {len(batches)} batches on Ray ({pool} actors, one CLIP each)")
         done = 0
-        for finished, (number, payload) in enumerate(run(batches, pool, actor, resources), start=1):
-            frame, failed = pickle.loads(payload)
-            for b in failed:
-                warn(f"skipped the image of {b.id} ({b.kind}): {b.error}")
-            frames[number], broken[number] = frame, failed
-            done += len(frame)
-            say(batch_line(finished, total, done))
+        with _failures_in_one_line("embedding on Ray"):
+            for finished, (number, payload) in enumerate(run(batches, pool, actor, resources), start=1):
+                frame, failed = pickle.loads(payload)
+                for b in failed:
+                    warn(f"skipped the image of {b.id} ({b.kind}): {b.error}")
+                frames[number], broken[number] = frame, failed
+                done += len(frame)
+                say(batch_line(finished, total, done))
     ordered = [frames[n] for n in sorted(frames)]
     embedded = pd.concat(ordered, ignore_index=True) if ordered else empty_embeddings()
     failures = [b for n in sorted(broken) for b in broken[n]]
@@ -167,7 +201,9 @@ def _on_ray_data(batches: list[dict], pool: int, actor: dict, resources: dict) -
     import ray
 
     dataset = ray.data.from_items(batches).map_batches(
-        _BatchEmbedder, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool),
+        # one batch queued per actor: batches take seconds each, and a deeper queue leaves one actor idle at the end
+        _BatchEmbedder, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),
         fn_constructor_kwargs=actor, **resources)
     for row in dataset.iter_rows():
         yield int(row["number"]), row["result"]
@@ -219,12 +255,17 @@ def ray_build_shards(trained_empty: faiss.Index, vectors, shards: list[dict], *,
 
     ``vectors``: anything ``open_source`` reads (an array, a ``.npy`` or an embeddings parquet), read
     once, in order; ``shards``: ``plan_shards(n, shard_size)`` (file, offset, count). Returns the filled
-    shard indices in ``shards``' order, as ``labelled_part`` + ``add_with_ids`` would in-process. At most
+    shard indices in ``shards``' order, as ``labelled_part`` + ``add_with_ids`` would in-process: byte for byte
+    at the same faiss thread count (each task uses its ``cpus_per_task``); at another, a vector exactly tied
+    between two inverted lists may land in the other one, as between two in-process builds with different
+    thread counts (BLAS sums in another order). At most
     ``max_in_flight`` shards' vectors (default: the cluster's CPUs per task, plus one) are in Ray's object
     store at once, so a collection larger than memory streams through.
     """
     import ray
 
+    if cpus_per_task <= 0:
+        raise ValueError(f"cpus_per_task must be above 0, got {cpus_per_task}")
     source = open_source(vectors)
     _check_plan(trained_empty, source, shards)
     if not shards:
@@ -240,14 +281,25 @@ def ray_build_shards(trained_empty: faiss.Index, vectors, shards: list[dict], *,
         [ready], _ = ray.wait(list(pending), num_returns=1)
         parts[pending.pop(ready)] = faiss.deserialize_index(ray.get(ready))
 
-    for i, chunk in enumerate(_shard_chunks(source, shards)):
-        while len(pending) >= max(1, limit):
+    with _failures_in_one_line("building shards on Ray"):
+        for i, chunk in enumerate(_shard_chunks(source, shards)):
+            while len(pending) >= max(1, limit):
+                collect_one()
+            # the vectors go to the object store now; it frees them when the task is done
+            pending[fill.remote(empty, shards[i]["offset"], chunk)] = i
+        while pending:
             collect_one()
-        pending[fill.remote(empty, shards[i]["offset"], chunk)] = i
-        del chunk  # the task holds it now; the object store frees it when the task is done
-    while pending:
-        collect_one()
     return parts
+
+
+def ray_build_catalogue_index(target: str | os.PathLike, vectors, ids, *, shard_size: int,
+                              spec: IndexSpec | None = None, address: str | None = None,
+                              cpus_per_task: float = 1) -> Manifest:
+    """``build_catalogue_index`` with its shards filled by ``ray_build_shards``: the engine trains once, Ray
+    tasks fill the copies, the engine tunes, checks and writes as in-process (same files, same id map)."""
+    fill = functools.partial(ray_build_shards, address=address, cpus_per_task=cpus_per_task)
+    return build_catalogue_index(target, vectors, ids, shard_size=shard_size,
+                                 spec=resolve_spec(spec, fill_shards=fill))
 
 
 def _check_plan(trained_empty: faiss.Index, source: VectorSource, shards: list[dict]) -> None:
@@ -289,7 +341,8 @@ def _shard_chunks(source: VectorSource, shards: list[dict], batch_size: int = 65
 
 
 def _fill_shard(empty_bytes: np.ndarray, offset: int, vectors: np.ndarray) -> np.ndarray:
-    """(In a Ray task) a copy of the trained empty index holding ``vectors`` at ``offset``, ... as bytes."""
+    """(In a Ray task) a copy of the trained empty index holding ``vectors`` under global positions from
+    ``offset``, serialised."""
     _use_assigned_cpus(torch_too=False)
     part = labelled_part(faiss.deserialize_index(empty_bytes))
     part.add_with_ids(vectors, np.arange(offset, offset + len(vectors), dtype=np.int64))
