@@ -211,6 +211,13 @@ def embed_products(products: pd.DataFrame, fetch: Fetch, clip: LoadedClip, *, ba
         broken.extend(failed)
         done += len(frame)
         info(batch_line(number, total, done))
+    return finish_run(frames, broken, total, info, warning)
+
+
+def finish_run(frames: Sequence[pd.DataFrame], broken: Sequence[Broken], total: int, info, warning
+               ) -> tuple[pd.DataFrame, dict]:
+    """The run's rows (``frames`` in order) and stats, with the closing lines: the broken images, if
+    any, and ``<brand>: N new vectors`` (in-process and on Ray alike)."""
     embedded = pd.concat(frames, ignore_index=True) if frames else empty_embeddings()
     stats = embed_stats(total, embedded, broken)
     if broken:

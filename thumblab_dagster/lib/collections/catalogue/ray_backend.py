@@ -31,10 +31,8 @@ from thumblab_dagster.lib.collections.catalogue.embeddings import (
     DEFAULT_BATCH_SIZE,
     Fetch,
     batch_line,
-    brand_lines,
     embed_batch,
-    embed_stats,
-    empty_embeddings,
+    finish_run,
     product_fetcher,
 )
 from thumblab_dagster.lib.collections.catalogue.shards import build_catalogue_index
@@ -178,16 +176,8 @@ def ray_embed(products: pd.DataFrame, *, address: str | None = None, model: str 
                 frames[number], broken[number] = frame, failed
                 done += len(frame)
                 say(batch_line(finished, total, done))
-    ordered = [frames[n] for n in sorted(frames)]
-    embedded = pd.concat(ordered, ignore_index=True) if ordered else empty_embeddings()
-    failures = [b for n in sorted(broken) for b in broken[n]]
-    stats = embed_stats(total, embedded, failures)
-    if failures:
-        warn(f"{len(failures)} of {total} images broken and skipped: "
-             + ", ".join(f"{label} x{n}" for label, n in stats["failures"].items()))
-    for line in brand_lines(stats["per_brand"]):
-        say(line)
-    return embedded, stats
+    return finish_run([frames[n] for n in sorted(frames)], [b for n in sorted(broken) for b in broken[n]], total,
+                      say, warn)
 
 
 def _over_ray_client() -> bool:
