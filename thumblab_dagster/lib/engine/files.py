@@ -261,3 +261,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """A hard link of ``source`` at ``target`` (no second copy on disk), or a copy where the filesystem
+    refuses links. Only for files nobody edits in place. True when it linked."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError:  # another filesystem, or links not allowed here
+        shutil.copyfile(source, target)
+        return False

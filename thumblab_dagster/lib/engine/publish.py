@@ -50,6 +50,7 @@ from thumblab_dagster.lib.engine.files import (
     fsync_dir,
     fsync_file,
     json_bytes,
+    link_or_copy,
     locked,
     remove_tree,
     sha256_file,
@@ -241,11 +242,8 @@ def _place(source: Path, target: Path, mode: int, link: bool) -> None:
     copied where it cannot (another filesystem) or where publishing would change its mode (the link
     would change the index directory's file too); without, copied."""
     if link and source.stat().st_mode & 0o7777 == mode:
-        try:
-            os.link(source, target)
-            return
-        except OSError:  # another filesystem, or links not allowed here
-            pass
+        link_or_copy(source, target)
+        return
     shutil.copyfile(source, target)
 
 
@@ -308,11 +306,8 @@ def published_directory(publish_root: str | os.PathLike, name: str) -> Path | No
 
 
 def _link_or_copy(source: Path, target: Path, mode: int) -> None:
-    """A hard link (no second copy on disk), or a copy where the filesystem refuses links."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    """A hard link, or a copy (given ``mode``, fsynced) where the filesystem refuses links."""
+    if not link_or_copy(source, target):
         os.chmod(target, mode)
         fsync_file(target)
 

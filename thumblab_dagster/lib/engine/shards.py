@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from thumblab_dagster.lib.engine.files import atomic_dir, write_json_atomic
+from thumblab_dagster.lib.engine.files import atomic_dir, link_or_copy, write_json_atomic
 from thumblab_dagster.lib.engine.ids import PositionIds, prepare_ids, read_ids, write_ids
 from thumblab_dagster.lib.engine.index_dir import (
     IndexIntegrityError,
@@ -78,7 +77,7 @@ def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shard
     with atomic_dir(target) as tmp:
         for shard, part in zip(shards, parts):
             if shard["file"] in (kept or {}):
-                _link_or_copy(Path(kept[shard["file"]]), tmp / shard["file"])
+                link_or_copy(kept[shard["file"]], tmp / shard["file"])
             else:
                 faiss.write_index(part, str(tmp / shard["file"]))
         write_json_atomic(tmp / ID_MAP_FILE, {"shards": shards})
@@ -92,13 +91,6 @@ def write_sharded_dir(target: str | os.PathLike, parts: list[faiss.Index], shard
             "source_partitions": sorted(source_partitions or []), **(extra or {})})
     log.info("wrote %s over %s vectors in %d shards to %s", factory, f"{total:,}", len(shards), target)
     return manifest
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another filesystem, or links not allowed here
-        shutil.copyfile(source, target)
 
 
 @dataclass

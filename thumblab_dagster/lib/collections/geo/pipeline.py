@@ -41,7 +41,7 @@ from thumblab_dagster.lib.collections.geo.store import DEFAULT_SAMPLING_FACTOR, 
 from thumblab_dagster.lib.engine import stats as index_stats
 from thumblab_dagster.lib.engine.build import POSITIONS, build_index_dir
 from thumblab_dagster.lib.engine.choice import choose_index
-from thumblab_dagster.lib.engine.files import FILE_MODE, remove_tree, write_json_atomic
+from thumblab_dagster.lib.engine.files import FILE_MODE, link_or_copy, remove_tree, write_json_atomic
 from thumblab_dagster.lib.engine.index_dir import INDEX_FILE, load_index_dir, read_manifest
 from thumblab_dagster.lib.engine.manifest import Manifest
 from thumblab_dagster.lib.engine.progress import Progress, report
@@ -157,15 +157,6 @@ def index_factory(setting: str, n: int, d: int, memory_budget_bytes: int) -> str
     return setting
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)          # same bytes, no second copy: the store is replaced whole, never edited
-    except OSError:
-        import shutil
-
-        shutil.copyfile(source, target)
-
-
 def build_index(layout: GeoLayout, viewport_id: str, settings: GeoSettings,
                 progress: Progress | None = None) -> Manifest:
     """The sampled index over the store's grid sample, written with the store's files as one directory."""
@@ -183,7 +174,7 @@ def build_index(layout: GeoLayout, viewport_id: str, settings: GeoSettings,
     try:
         files = {}
         for name in store.metadata["files"]:
-            _link_or_copy(store.directory / name, staged / name)
+            link_or_copy(store.directory / name, staged / name)   # the store is replaced whole, never edited
             files[name] = staged / name
         metadata = {**store.metadata, "faiss_index_type": factory, "num_sampled_pixels": source.n,
                     "build_settings": {**store.metadata["build_settings"], **settings.index_settings()}}

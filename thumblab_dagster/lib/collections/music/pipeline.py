@@ -31,6 +31,7 @@ import pandas as pd
 from thumblab_dagster.lib.collections.music.features_table import read_features
 from thumblab_dagster.lib.collections.music.layout import DEFAULT_LIBRARY, MusicLayout, check_library_name
 from thumblab_dagster.lib.collections.music.library import MusicLibrary, build_music_index
+from thumblab_dagster.lib.collections.music.library import statistics as index_figures
 from thumblab_dagster.lib.collections.music.scan import (
     ScanDiff,
     file_id_for,
@@ -308,8 +309,6 @@ def library_stats(layout: MusicLayout, store: MusicStore | None, library: str) -
 def statistics(layout: MusicLayout, store: MusicStore | None, library: str,
                loaded: MusicLibrary | None = None) -> dict:
     """The guide's statistics: the index's figures and the store's file counts (coverage = indexed / analysed)."""
-    from thumblab_dagster.lib.collections.music.library import statistics as index_figures
-
     if loaded is None:
         try:
             loaded = load_library(layout, library)
