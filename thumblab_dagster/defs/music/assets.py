@@ -2,6 +2,7 @@
 analysed). The index tail (music_index -> checks -> published_music_library / music_library_stats) is in index.py."""
 
 import dagster as dg
+import pandas as pd
 
 from thumblab_dagster.defs.index_tail import lib_logs_to
 from thumblab_dagster.defs.metadata import ROW_COUNT, rounded
@@ -13,9 +14,7 @@ SHOWN_FAILURES = 20
 
 
 def _table(rows: list[list], header: list[str]) -> dg.MetadataValue:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(pd.DataFrame(rows, columns=header).to_markdown(index=False))
 
 
 @dg.asset(kinds={"postgres", "audio"}, code_version="1", **COMMON)
