@@ -202,6 +202,25 @@ def test_the_ray_address_setting():
         load_settings({"THUMBLAB_RAY_ADDRESS": "http://head:8265"})
 
 
+def test_a_missing_cluster_token_is_one_line(monkeypatch):
+    """A cluster with token authentication and no token here (Ray raises its AuthenticationError, a page of
+    advice): one line naming the setting and where the token goes."""
+    import ray
+    import ray.exceptions
+
+    def refuse(*args, **kwargs):
+        raise ray.exceptions.AuthenticationError("Token authentication is enabled but Ray couldn't find an "
+                                                 "authentication token. Create a token file at ~/.ray/auth_token")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # this process may hold the tests' local Ray
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConnectionError) as caught:
+        ray_init("ray://head:10001")
+    assert str(caught.value) == (
+        "THUMBLAB_RAY_ADDRESS='ray://head:10001': Ray's token authentication failed: give this machine the cluster's "
+        "token (~/.ray/auth_token or RAY_AUTH_TOKEN), or unset RAY_AUTH_MODE for a cluster started without a token")
+
+
 def test_nothing_imports_ray_without_the_setting():
     """Every catalogue module (and its Dagster definitions, once they exist) imports without Ray."""
     code = """

@@ -71,9 +71,15 @@ def ray_init(address: str | None, **options) -> None:
         system = {"worker_niceness": 0, **options.pop("_system_config", {})}
         ray.init(**{"include_dashboard": False, **options}, _system_config=system)
         return
+    import ray.exceptions
+
     try:
         ray.init(address=address, **options)
-    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+    except ray.exceptions.AuthenticationError:
+        raise ConnectionError(f"{SETTING_NAME}={address!r}: Ray's token authentication failed: give this machine "
+                              "the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or unset RAY_AUTH_MODE for "
+                              "a cluster started without a token") from None
+    except (ConnectionError, TimeoutError, RuntimeError, ray.exceptions.RayError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConnectionError(f"{SETTING_NAME}={address!r}: cannot join the Ray cluster ({reason}); check that it "
                               "runs and is reachable from here (a cluster with token authentication also needs "
