@@ -7,6 +7,7 @@ one line), 3 no index could answer and the default percentile was returned.
 
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -242,7 +243,14 @@ def serve(host, port, root):
         app = create_app(ServiceSettings.from_env(publish_dir=root))
     except ValueError as exc:  # a bad setting (one SettingsError line) or half a Supabase configuration
         fail(str(exc))
+    # uvicorn shuts down on SIGTERM, then raises it again; leaving through Python runs the atexit handlers,
+    # so the embedded music database stops with the service instead of outliving it
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 # --- Supabase -------------------------------------------------------------------------------
