@@ -19,7 +19,9 @@ from pathlib import Path
 
 import click
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}   # the summary says what happened
+# the summary says what happened, the failed steps' reasons and the broken images included; the whole event
+# log stays in the instance for the UI
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 DEMO_NAME = "color"
 DEMO_SIZE = 120
 DEMO_SHARD = 50
@@ -55,6 +57,15 @@ def _layout(given):
     from thumblab_dagster.lib.collections.catalogue.layout import CatalogueLayout
 
     return CatalogueLayout.from_env(settings=given)
+
+
+def instance_home(home: str) -> Path:
+    """``home`` with a ``dagster.yaml`` (empty when new, as ``make`` writes it): Dagster's first-run notice stays out."""
+    path = Path(home)
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "dagster.yaml").exists():
+        (path / "dagster.yaml").touch()
+    return path
 
 
 @click.group()
@@ -101,10 +112,26 @@ def summarise(result) -> dict:
     materialised = {e.asset_key.to_user_string(): dict(e.materialization.metadata)
                     for e in result.get_asset_materialization_events()}
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    failures = [e.message for e in result.all_events if e.is_failure and e.message]
+    failures = failure_reasons(result)
     plain = {name: {k: getattr(v, "value", v) for k, v in meta.items()} for name, meta in materialised.items()}
     return {"success": result.success, "materialised": sorted(materialised), "checks": checks,
             "failures": failures, "metadata": plain}
+
+
+def failure_reasons(result) -> list[str]:
+    """Why the run failed, one line a failed step (``step: reason``, the asset's own message where it gave one),
+    else the run's failure messages."""
+    reasons = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            user, error = data.user_failure_data, data.error
+            while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
+                error = error.cause                        # Dagster's wrapper: the asset's own error says why
+            text = (user.description if user and user.description else "") or (error.message if error
+                                                                                else event.message or "")
+            reasons.append(f"{event.step_key}: {text.strip().splitlines()[0] if text.strip() else 'failed'}")
+    return reasons or [e.message for e in result.all_events if e.is_failure and e.message]
 
 
 def echo_summary(name: str, summary: dict) -> None:
@@ -117,6 +144,8 @@ def echo_summary(name: str, summary: dict) -> None:
     if index:
         click.echo(f"  index: {index.get('how')}, {index.get('products')} products in shards {index.get('shards')} "
                    f"({index.get('factory')})")
+    for example in emb.get("broken_examples", "").splitlines()[:3]:
+        click.echo(f"    broken {example.removeprefix('- ')}")
     for check, passed in sorted(summary["checks"].items()):
         click.echo(f"  {check}: {'passed' if passed else 'FAILED'}")
     published = "published_catalogue" in summary["materialised"]
@@ -134,17 +163,18 @@ def echo_summary(name: str, summary: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
 def catalogue_build(source, name, shard_size, as_json):
     """Materialise the catalogue's assets for partition NAME: snapshot, embed new products, index, check, publish."""
-    from thumblab_dagster.lib.collections.catalogue.source import CatalogueSourceError, source_kind
+    from thumblab_dagster.lib.collections.catalogue.source import SAMPLE, SUPABASE, CatalogueSourceError, read_products, source_kind
 
     name = checked_name(name)
     try:
-        source_kind(source)
+        if source_kind(source) not in (SAMPLE, SUPABASE):
+            read_products(source)          # a bad file is one line here, before Dagster's logs
     except CatalogueSourceError as exc:
         fail(f"--source: {exc}")
     given = _cli().settings()
     if not given.dagster_home:
         fail("DAGSTER_HOME is not set: point it at the Dagster instance the UI uses (make sets .dagster_home)")
-    Path(given.dagster_home).mkdir(parents=True, exist_ok=True)
+    instance_home(given.dagster_home)
     summary = materialise(name, source, shard_size, given)
     if as_json:
         click.echo(json.dumps(summary, default=str))
@@ -193,7 +223,6 @@ def catalogue_check(directory, name, from_storage, sample, seed):
         fail("give a DIRECTORY, --name NAME, or --from-storage --name NAME")
     given = _cli().settings()
     layout = _layout(given)
-    clip = load_embedder(given) if sample else None
     with tempfile.TemporaryDirectory(prefix="catalogue-check-") as tmp:
         if from_storage:
             if not name:
@@ -205,8 +234,9 @@ def catalogue_check(directory, name, from_storage, sample, seed):
                 fail(f"no catalogue {name!r} is published under {layout.published}: thumblab catalogue build first")
         else:
             target = Path(directory)
-        report = pipeline.check(layout, name or Path(target).name, clip, directory=target, sample=sample,
-                                out=click.echo, seed=seed)
+        clip = load_embedder(given) if sample else None
+        # a DIRECTORY's lines name the catalogue it holds (its id map's name), not the folder it was copied to
+        report = pipeline.check(layout, name, clip, directory=target, sample=sample, out=click.echo, seed=seed)
     sys.exit(0 if report.passed else 1)
 
 
@@ -244,12 +274,13 @@ def catalogue_demo(size):
 
     given = _cli().settings()
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    instance_home(os.environ["DAGSTER_HOME"])
     layout = _layout(given)
     first = layout.folder(DEMO_NAME) / "demo_products.csv"
     first.parent.mkdir(parents=True, exist_ok=True)
     sample_catalogue(size - 10).to_csv(first, index=False)
-    click.echo(f"$ thumblab catalogue build --source {first} --name {DEMO_NAME} --shard-size {DEMO_SHARD}")
+    shown = first.relative_to(Path.cwd()) if first.is_relative_to(Path.cwd()) else first
+    click.echo(f"$ thumblab catalogue build --source {shown} --name {DEMO_NAME} --shard-size {DEMO_SHARD}")
     summary = materialise(DEMO_NAME, str(first), DEMO_SHARD, given)
     echo_summary(DEMO_NAME, summary)
     if not summary["success"]:

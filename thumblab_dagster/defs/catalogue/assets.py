@@ -49,4 +49,6 @@ def product_embeddings(context: dg.AssetExecutionContext) -> dg.MaterializeResul
                                                     or "none"),
         "model": run.model,
         "on": "Ray" if settings.ray_address else "in-process",
+        **({"broken_examples": dg.MetadataValue.md("\n".join(f"- {line}" for line in summary["broken_examples"]))}
+           if summary["broken_examples"] else {}),
     })

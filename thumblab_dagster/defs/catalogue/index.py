@@ -11,6 +11,8 @@ from thumblab_dagster.defs.index_tail import Built, IndexTail, Measured, Publish
 from thumblab_dagster.defs.metadata import ROW_COUNT, rounded, search_quality
 from thumblab_dagster.lib.collections.catalogue import pipeline
 
+HOW = {"append": "appended (no retraining)", "unchanged": "unchanged (no new vectors)", "full": "full build"}
+
 
 def build(context) -> Built:
     layout, name, settings = where(context)
@@ -20,7 +22,7 @@ def build(context) -> Built:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     return Built(str(layout.index_dir(name)), {
         ROW_COUNT: dg.MetadataValue.int(manifest.ntotal),
-        "how": "appended (no retraining)" if how == "append" else "full build",
+        "how": HOW[how],
         "products": manifest.ntotal,
         "shards": dg.MetadataValue.json([shard.count for shard in manifest.shards or []]),
         "shard_size": manifest.shard_size,

@@ -49,6 +49,22 @@ def test_a_second_run_embeds_and_appends_only_the_new_products(tmp_path, catalog
     assert any(line.startswith("[1/20] ok id=") and "rank=1" in line for line in lines)
 
 
+def test_a_run_with_no_new_vectors_keeps_the_index(tmp_path, catalogue_clip, fetch):
+    """The same products again, then one more whose image is broken: nothing to append, the run still passes."""
+    layout = CatalogueLayout.at(tmp_path / "data")
+    products = sample_catalogue(20)
+    run(layout, "shop", products, catalogue_clip, fetch)
+    again, manifest, how, _ = run(layout, "shop", products, catalogue_clip, fetch)
+    assert again.plan.counts() == {"new": 0, "changed": 0, "kept": 20, "deleted": 0}
+    assert how == "unchanged" and manifest.ntotal == 20 and [s.count for s in manifest.shards] == [16, 4]
+
+    broken = pd.DataFrame([{"id": "x-broken", "image_url": str(tmp_path / "missing.jpg"), "brand": "aw"}])
+    more, manifest, how, _ = run(layout, "shop", pd.concat([products, broken], ignore_index=True),
+                                 catalogue_clip, fetch)
+    assert more.as_dict()["broken"] == 1 and more.as_dict()["embedded"] == 0
+    assert how == "unchanged" and manifest.ntotal == 20
+
+
 def test_a_deleted_product_leaves_at_the_full_build(tmp_path, catalogue_clip, fetch):
     layout = CatalogueLayout.at(tmp_path / "data")
     products = sample_catalogue(40)

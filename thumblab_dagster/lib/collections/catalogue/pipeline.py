@@ -108,7 +108,8 @@ class EmbedRun:
 
     def as_dict(self) -> dict:
         return {**self.plan.counts(), "embedded": self.stats.get("embedded", 0), "broken": self.stats.get("broken", 0),
-                "per_brand": self.stats.get("per_brand", {}), "total_vectors": self.total, "model": self.model}
+                "per_brand": self.stats.get("per_brand", {}), "total_vectors": self.total, "model": self.model,
+                "broken_examples": self.stats.get("broken_examples", [])}
 
 
 def previous_embeddings(layout: CatalogueLayout, name: str) -> pd.DataFrame | None:
@@ -171,7 +172,8 @@ def append_only(live, current: pd.DataFrame) -> pd.DataFrame | None:
 
 def build_index(layout: CatalogueLayout, name: str, settings: CatalogueSettings, *, force_full: bool = False,
                 log_to=log) -> tuple[Manifest, str]:
-    """(manifest, how): ``append`` (new products only, no retraining) or ``full`` (every product)."""
+    """(manifest, how): ``append`` (new products only, no retraining), ``unchanged`` (nothing new: the live
+    index again) or ``full`` (every product)."""
     current, _ = emb.read_product_embeddings(layout.embeddings(name))
     if not len(current):
         raise ValueError(f"catalogue {name}: no product has a vector yet: materialise product_embeddings first "
@@ -183,10 +185,10 @@ def build_index(layout: CatalogueLayout, name: str, settings: CatalogueSettings,
     new = append_only(live, current) if live is not None else None
     if new is not None:
         log_to.info(f"catalogue {name}: appending {len(new)} new product(s) to {live.ntotal} (no retraining)")
-        manifest = append_products(live, target, emb.vectors_of(new), new["id"].tolist(),
+        manifest = append_products(live, target, emb.vectors_of(new, dim=live.manifest.dim), new["id"].tolist(),
                                    shard_size=settings.shard_size, embedding=live.manifest.embedding,
                                    metadata=_metadata(new), extra={"catalogue": name})
-        return manifest, "append"
+        return manifest, "append" if len(new) else "unchanged"
     log_to.info(f"catalogue {name}: full build of {len(current)} product(s) in shards of {settings.shard_size}")
     vectors = emb.vectors_of(current)
     if settings.ray_address:
@@ -238,10 +240,11 @@ def reencoder(clip: LoadedClip, fetch: emb.Fetch | None = None) -> Callable[[lis
     return encode
 
 
-def check(layout: CatalogueLayout, name: str, clip: LoadedClip | None, *, directory: str | Path | None = None,
-          sample: int = CHECK_SAMPLE, fetch: emb.Fetch | None = None, out: Callable[[str], None] = log.info,
-          seed: int = 0) -> CheckReport:
-    """The seed's checker on the index directory (or ``directory``), re-encoding sampled images with ``clip``."""
+def check(layout: CatalogueLayout, name: str | None, clip: LoadedClip | None, *,
+          directory: str | Path | None = None, sample: int = CHECK_SAMPLE, fetch: emb.Fetch | None = None,
+          out: Callable[[str], None] = log.info, seed: int = 0) -> CheckReport:
+    """The seed's checker on the index directory (or ``directory``), re-encoding sampled images with ``clip``;
+    ``name`` None (with ``directory``): the catalogue its id map names."""
     directory = Path(directory) if directory is not None else layout.index_dir(name)
     urls = _urls(directory)
     return seed_check(directory, sample=sample, encode=reencoder(clip, fetch) if clip is not None else None,

@@ -196,6 +196,18 @@ def _on_ray_data(batches: list[dict], pool: int, actor: dict, resources: dict) -
     """(batch number, pickled result) per batch as they finish: Ray Data ``map_batches`` over an actor pool."""
     import ray
 
+    context = ray.data.DataContext.get_current()
+    bars, context.enable_progress_bars = context.enable_progress_bars, False  # the Batch N lines are the progress:
+    # without a terminal, Ray Data's bars become a dozen log lines every ten seconds
+    try:
+        yield from _ray_data_rows(batches, pool, actor, resources)
+    finally:
+        context.enable_progress_bars = bars
+
+
+def _ray_data_rows(batches: list[dict], pool: int, actor: dict, resources: dict) -> Iterator[tuple[int, bytes]]:
+    import ray
+
     dataset = ray.data.from_items(batches).map_batches(
         # one batch queued per actor: batches take seconds each, and a deeper queue leaves one actor idle at the end
         _BatchEmbedder, batch_size=1, batch_format="numpy",

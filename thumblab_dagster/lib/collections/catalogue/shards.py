@@ -54,7 +54,11 @@ def publish_layout(name: str, prefix: str, manifest: Manifest, link: bool = Fals
 
 def read_seed_id_map(path: str | os.PathLike) -> np.ndarray:
     """The seed's id map (a JSON list of ids by global position) as a string array."""
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{Path(path).name} is not valid JSON ({exc}): the id map is a JSON list of ids by "
+                         "position; it was cut short or edited") from exc
     if not isinstance(data, list):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}; the id map is a list of ids by position")
     return id_array([str(x) for x in data])

@@ -130,6 +130,6 @@ def normalise_products(frame: pd.DataFrame, what: str = "the products") -> pd.Da
     duplicated = out["id"][out["id"].duplicated()].unique().tolist()
     if duplicated:
         shown = ", ".join(map(repr, duplicated[:5])) + (", ..." if len(duplicated) > 5 else "")
-        raise CatalogueSourceError(f"{what}: {len(duplicated)} id{'s' if len(duplicated) > 1 else ''} occur more "
+        raise CatalogueSourceError(f"{what}: {len(duplicated)} id{'s occur' if len(duplicated) > 1 else ' occurs'} more "
                                    f"than once ({shown}): ids must be unique")
     return out
