@@ -221,6 +221,31 @@ def test_a_missing_cluster_token_is_one_line(monkeypatch):
         "token (~/.ray/auth_token or RAY_AUTH_TOKEN), or unset RAY_AUTH_MODE for a cluster started without a token")
 
 
+def test_a_refused_client_session_is_tried_once_more_then_one_line(monkeypatch):
+    """Ray Client's "Initialization failure from server" (its reason on the next line): a second try, then the
+    reason on the one line."""
+    import ray
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(kwargs)
+        raise ConnectionAbortedError("Initialization failure from server:\nspecific server did not start")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConnectionError) as caught:
+        ray_init("ray://head:10001")
+    assert len(calls) == 2
+    assert str(caught.value).startswith("THUMBLAB_RAY_ADDRESS='ray://head:10001': cannot join the Ray cluster "
+                                        "(Initialization failure from server: specific server did not start); ")
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs) if calls else refuse(**kwargs))
+    ray_init("ray://head:10001")  # the second try joins
+    assert len(calls) == 2
+
+
 def test_nothing_imports_ray_without_the_setting():
     """Every catalogue module (and its Dagster definitions, once they exist) imports without Ray."""
     code = """

@@ -73,17 +73,35 @@ def ray_init(address: str | None, **options) -> None:
         return
     import ray.exceptions
 
-    try:
-        ray.init(address=address, **options)
-    except ray.exceptions.AuthenticationError:
-        raise ConnectionError(f"{SETTING_NAME}={address!r}: Ray's token authentication failed: give this machine "
-                              "the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or unset RAY_AUTH_MODE for "
-                              "a cluster started without a token") from None
-    except (ConnectionError, TimeoutError, RuntimeError, ray.exceptions.RayError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConnectionError(f"{SETTING_NAME}={address!r}: cannot join the Ray cluster ({reason}); check that it "
-                              "runs and is reachable from here (a cluster with token authentication also needs "
-                              "RAY_AUTH_MODE=token and its token here), or use local") from None
+    for attempt in (1, 2):
+        try:
+            ray.init(address=address, **options)
+            return
+        except ray.exceptions.AuthenticationError:
+            raise ConnectionError(f"{SETTING_NAME}={address!r}: Ray's token authentication failed: give this machine "
+                                  "the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or unset RAY_AUTH_MODE "
+                                  "for a cluster started without a token") from None
+        except ConnectionAbortedError as exc:
+            # Ray Client's server could not start this client's session (seen once on a busy head just after
+            # `ray start`, fine on the next try): once more before giving up
+            if attempt == 1:
+                log.warning("%s=%r: Ray Client refused the session (%s); trying once more", SETTING_NAME, address,
+                            _one_line(exc))
+                continue
+            raise _cannot_join(address, exc) from None
+        except (ConnectionError, TimeoutError, RuntimeError, ray.exceptions.RayError) as exc:
+            raise _cannot_join(address, exc) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (Ray Client puts the server's reason on the second)."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _cannot_join(address: str, exc: BaseException) -> ConnectionError:
+    return ConnectionError(f"{SETTING_NAME}={address!r}: cannot join the Ray cluster ({_one_line(exc)}); check that it "
+                           "runs and is reachable from here (a cluster with token authentication also needs "
+                           "RAY_AUTH_MODE=token and its token here), or use local")
 
 
 def _connected(address: str | None) -> None:
