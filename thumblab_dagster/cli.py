@@ -98,6 +98,14 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def fail_with_problems(message: str, problems) -> None:
+    """``error: message`` and one ``  - problem`` line each (an alignment report's), then exit 1."""
+    click.echo(f"error: {message}", err=True)
+    for problem in problems:
+        click.echo(f"  - {problem}", err=True)
+    sys.exit(1)
+
+
 def settings():
     """Every setting (lib/settings.py); a bad value ends the command with its one line."""
     from thumblab_dagster.lib.settings import SettingsError, load_settings
@@ -421,10 +429,7 @@ def build_with_progress(given, mosaic, viewport_id, build_settings):
                               mode=int(given.publish_mode, 8), progress=bars)
     except AlignmentFailed as exc:
         bars.close()
-        click.echo(f"error: {exc}", err=True)
-        for problem in exc.report.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(1)
+        fail_with_problems(str(exc), exc.report.problems)
     except ValueError as exc:   # MosaicError, a bad viewport id or setting: one line
         bars.close()
         fail(str(exc))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import click
@@ -204,10 +203,7 @@ def build_with_progress(m: Music, settings, force_rebuild: bool = False) -> dict
                                      mode=m.mode, progress=bars)
     except AlignmentFailed as exc:
         bars.close()
-        click.echo(f"error: {exc}", err=True)
-        for problem in exc.report.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(1)
+        _cli().fail_with_problems(str(exc), exc.report.problems)
     finally:
         bars.close()
 

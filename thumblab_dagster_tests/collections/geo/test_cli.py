@@ -166,3 +166,23 @@ def test_demo_builds_and_searches_a_synthetic_mosaic(tmp_path):
     assert "$ thumblab geo search viewport_demo --lat" in result.stdout
     assert "(row 150, col 200)  similarity 1.0000" in result.stdout
     assert "is unchanged" in run(env, "demo").stdout           # the second demo reuses what it built
+
+
+def test_a_failed_alignment_check_names_each_problem_and_exits_1(holes, tmp_path, monkeypatch):
+    """The blocking check refused the build (here a stand-in for build_viewport raising what it raises): the
+    reason, then each problem on its own line; exit 1."""
+    from thumblab_dagster.lib.collections.geo import pipeline
+    from thumblab_dagster.lib.engine.validate import AlignmentReport
+
+    def refuse(*args, **kwargs):
+        raise pipeline.AlignmentFailed(VIEWPORT, AlignmentReport(False, ["position 7: stored pixel differs",
+                                                                         "count: 10 ids, 9 vectors"]))
+
+    monkeypatch.setattr(pipeline, "build_viewport", refuse)
+    result = run({"THUMBLAB_DATA_ROOT": str(tmp_path / "data"), "THUMBLAB_GEO_BANDS": str(BANDS)},
+                 "build", holes.path)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"error: viewport {VIEWPORT} failed id_map_alignment, nothing published: position 7: stored pixel differs; "
+        "count: 10 ids, 9 vectors",
+        "  - position 7: stored pixel differs", "  - count: 10 ids, 9 vectors"]

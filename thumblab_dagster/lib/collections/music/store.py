@@ -90,18 +90,9 @@ class MusicStoreError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FileRow:
-    """A row of ``music_files``."""
+class FileRow(ScannedFile):
+    """A row of ``music_files``: the file as last scanned, and where its analysis stands."""
 
-    file_id: str
-    path: str
-    content_hash: str
-    size_bytes: int
-    mtime: float
-    title: str | None
-    artist: str | None
-    album: str | None
-    duration_seconds: float | None
     status: str
     error: str | None
     seen_at: datetime
